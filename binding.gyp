@@ -1,0 +1,23 @@
+{
+  "targets": [
+    {
+      "target_name": "virtnbd_native",
+      "sources": ["native/addon.cc", "native/nbd.cc"],
+      "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').gyp\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libnbd)"],
+      "libraries": ["<!@(pkg-config --libs libnbd)"]
+    },
+    {
+      "target_name": "nbdkit-virtnbd-plugin",
+      "type": "shared_library",
+      "product_prefix": "",
+      "sources": ["plugin/virtnbd-plugin.c"],
+      "cflags": ["-Wall", "-Wextra", "-fPIC", "-std=gnu11", "<!@(pkg-config --cflags nbdkit)"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}
