@@ -1,0 +1,140 @@
+/**
+ * Start and supervise one nbdkit process serving a resolved backup chain through our plugin shim
+ * (plugin/virtnbd-plugin.c). Used by virtnbdmap, restore ("map, then copy sparsely") and boot.
+ * nbdkit runs in the foreground under us (`-f`, `--exit-with-parent`); readiness is its pid file.
+ */
+import { mkdtempSync, existsSync, rmSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { pluginPath, workerPath } from '../util/package-root.js';
+
+export interface ServeOptions {
+  /** Data files of the chain, oldest (base) first. */
+  files: readonly string[];
+  /** Serve on this unix socket ... */
+  socket?: string;
+  /** ... or on TCP. */
+  tcp?: { address: string; port: number };
+  exportName: string;
+  /** No cow filter and a read-only export. Default: cow filter, writable. */
+  readonly?: boolean;
+  /** nbdkit threads (-t). */
+  threads?: number;
+  /** Worker processes for compressed data. */
+  workers?: number;
+  /** Maximum request size through the blocksize filter (compat `-b`); none by default. */
+  blocksize?: number;
+  hexdump?: boolean;
+  /** nbdkit -v (debug messages of nbdkit and the plugin). */
+  verbose?: boolean;
+  /** Where nbdkit's stderr goes; default: a file in the server's temp dir. */
+  logFile?: string;
+  /** Milliseconds to wait for nbdkit to become ready. */
+  startTimeoutMs?: number;
+}
+
+export interface Server {
+  uri: string;
+  pid: number;
+  /** nbdkit's log file (its stderr). */
+  logFile: string;
+  /** Temp dir holding the pid file and the default log. */
+  tmpDir: string;
+  /** Resolves when nbdkit exits, with its exit code or signal. */
+  exited: Promise<{ code: number | undefined; signal: string | undefined }>;
+  /** Stop nbdkit: SIGTERM, then SIGKILL after `graceMs`. Idempotent. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export function nbdUri(exportName: string, socket?: string, tcp?: { address: string; port: number }): string {
+  const name = encodeURIComponent(exportName).replace(/%2F/g, '/');
+  if (socket) return `nbd+unix:///${name}?socket=${encodeURIComponent(socket).replace(/%2F/g, '/')}`;
+  if (!tcp) throw new Error('nbdUri: neither socket nor tcp given');
+  const host = tcp.address.includes(':') ? `[${tcp.address}]` : tcp.address;
+  return `nbd://${host}:${tcp.port}/${name}`;
+}
+
+/** The nbdkit argument vector for `opts` (exported for tests and --verbose logging). */
+export function nbdkitArgs(opts: ServeOptions, pidFile: string): string[] {
+  const args = ['-f', '--exit-with-parent', '-P', pidFile, '-e', opts.exportName];
+  if (opts.socket) args.push('-U', opts.socket);
+  else if (opts.tcp) args.push('-i', opts.tcp.address, '-p', String(opts.tcp.port));
+  else throw new Error('serve: neither socket nor tcp given');
+  if (opts.threads) args.push('-t', String(opts.threads));
+  if (opts.verbose || opts.hexdump) args.push('-v');
+  // Same filter order as the original: blocksize (outermost) splits requests before cow.
+  if (opts.blocksize) args.push('--filter=blocksize');
+  if (opts.readonly) args.push('-r');
+  else args.push('--filter=cow');
+  args.push(pluginPath(), `node=${process.execPath}`, `worker=${workerPath()}`);
+  if (opts.workers) args.push(`workers=${opts.workers}`);
+  if (opts.hexdump) args.push('hexdump=1');
+  for (const f of opts.files) args.push(`file=${f}`);
+  if (opts.blocksize) args.push(`maxlen=${opts.blocksize}`);
+  return args;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function tail(path: string, lines = 15): string {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/** Start nbdkit and wait until it accepts connections; throws with nbdkit's messages on failure. */
+export async function startServer(opts: ServeOptions): Promise<Server> {
+  if (!existsSync(pluginPath())) throw new Error(`Failed to locate nbdkit plugin: [${pluginPath()}] (run npm run build)`);
+  if (!existsSync(workerPath())) throw new Error(`Failed to locate plugin worker: [${workerPath()}] (run npm run build)`);
+  const tmpDir = mkdtempSync(join(tmpdir(), 'virtnbd-nbdkit-'));
+  const pidFile = join(tmpDir, 'nbdkit.pid');
+  const logFile = opts.logFile ?? join(tmpDir, 'nbdkit.log');
+  const logFd = openSync(logFile, 'a');
+  let child: ResultPromise;
+  try {
+    child = execa('nbdkit', nbdkitArgs(opts, pidFile), {
+      stdin: 'ignore',
+      stdout: logFd,
+      stderr: logFd,
+      reject: false,
+      cleanup: true,
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  const exited = child.then((r) => ({ code: r.exitCode, signal: r.signal }));
+  let done = false;
+  void exited.then(() => (done = true));
+  const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
+  while (!existsSync(pidFile)) {
+    if (done) {
+      const r = await exited;
+      rmSync(tmpDir, { recursive: true, force: true });
+      throw new Error(`nbdkit failed to start (exit ${r.code ?? r.signal}):\n${tail(logFile)}`);
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      await exited;
+      throw new Error(`nbdkit did not become ready within ${opts.startTimeoutMs ?? 30_000} ms:\n${tail(logFile)}`);
+    }
+    await sleep(10);
+  }
+  let stopping: Promise<void> | undefined;
+  const stop = (graceMs = 5000): Promise<void> =>
+    (stopping ??= (async () => {
+      if (!done) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        await exited;
+        clearTimeout(timer);
+      }
+      if (!opts.logFile) rmSync(tmpDir, { recursive: true, force: true });
+      else rmSync(pidFile, { force: true });
+    })());
+  return { uri: nbdUri(opts.exportName, opts.socket, opts.tcp), pid: child.pid ?? -1, logFile, tmpDir, exited, stop };
+}
