@@ -3,10 +3,11 @@
  * (plugin/virtnbd-plugin.c). Used by virtnbdmap, restore ("map, then copy sparsely") and boot.
  * nbdkit runs in the foreground under us (`-f`, `--exit-with-parent`); readiness is its pid file.
  */
-import { mkdtempSync, existsSync, rmSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdtempSync, existsSync, rmSync, readFileSync, lstatSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { pluginPath, workerPath } from '../util/package-root.js';
 
 export interface ServeOptions {
@@ -87,26 +88,46 @@ function tail(path: string, lines = 15): string {
   }
 }
 
+/** True when something accepts connections on the unix socket `path`. */
+function socketInUse(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** A unix socket path must be free: a stale socket (nobody listening) is removed, anything else refused. */
+async function claimSocketPath(path: string): Promise<void> {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`socket path [${path}] exists and is not a socket; refusing to replace it`);
+  if (await socketInUse(path)) throw new Error(`socket [${path}] is in use by another server`);
+  rmSync(path, { force: true });
+}
+
 /** Start nbdkit and wait until it accepts connections; throws with nbdkit's messages on failure. */
 export async function startServer(opts: ServeOptions): Promise<Server> {
+  if (opts.socket) await claimSocketPath(opts.socket);
   if (!existsSync(pluginPath())) throw new Error(`Failed to locate nbdkit plugin: [${pluginPath()}] (run npm run build)`);
   if (!existsSync(workerPath())) throw new Error(`Failed to locate plugin worker: [${workerPath()}] (run npm run build)`);
   const tmpDir = mkdtempSync(join(tmpdir(), 'virtnbd-nbdkit-'));
   const pidFile = join(tmpDir, 'nbdkit.pid');
   const logFile = opts.logFile ?? join(tmpDir, 'nbdkit.log');
-  const logFd = openSync(logFile, 'a');
-  let child: ResultPromise;
-  try {
-    child = execa('nbdkit', nbdkitArgs(opts, pidFile), {
-      stdin: 'ignore',
-      stdout: logFd,
-      stderr: logFd,
-      reject: false,
-      cleanup: true,
-    });
-  } finally {
-    closeSync(logFd);
-  }
+  const child = execa('nbdkit', nbdkitArgs(opts, pidFile), {
+    stdin: 'ignore',
+    stdout: { file: logFile, append: true },
+    stderr: { file: logFile, append: true },
+    reject: false,
+    cleanup: true,
+  });
   const exited = child.then((r) => ({ code: r.exitCode, signal: r.signal }));
   let done = false;
   void exited.then(() => (done = true));
@@ -124,6 +145,25 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
     }
     await sleep(10);
   }
+  // nbdkit 1.32 writes the pid file before the plugin's .after_fork (which loads the extent table),
+  // so only a completed NBD handshake proves the export is ready (or that start-up failed).
+  const uri = nbdUri(opts.exportName, opts.socket, opts.tcp);
+  const probe = execa('nbdinfo', ['--size', uri], { reject: false, timeout: Math.max(1000, deadline - Date.now()) });
+  const first = await Promise.race([probe.then(() => 'probe' as const), exited.then(() => 'exited' as const)]);
+  if (first === 'exited') {
+    probe.kill();
+    const r = await exited;
+    const msg = `nbdkit failed to start (exit ${r.code ?? r.signal}):\n${tail(logFile)}`;
+    if (opts.socket) rmSync(opts.socket, { force: true });
+    rmSync(tmpDir, { recursive: true, force: true });
+    throw new Error(msg);
+  }
+  const pr = await probe;
+  if (pr.exitCode !== 0) {
+    child.kill('SIGKILL');
+    await exited;
+    throw new Error(`nbdkit export did not answer (${pr.stderr.trim()}):\n${tail(logFile)}`);
+  }
   let stopping: Promise<void> | undefined;
   const stop = (graceMs = 5000): Promise<void> =>
     (stopping ??= (async () => {
@@ -133,8 +173,9 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
         await exited;
         clearTimeout(timer);
       }
+      if (opts.socket) rmSync(opts.socket, { force: true });
       if (!opts.logFile) rmSync(tmpDir, { recursive: true, force: true });
       else rmSync(pidFile, { force: true });
     })());
-  return { uri: nbdUri(opts.exportName, opts.socket, opts.tcp), pid: child.pid ?? -1, logFile, tmpDir, exited, stop };
+  return { uri, pid: child.pid ?? -1, logFile, tmpDir, exited, stop };
 }

@@ -27,7 +27,8 @@ export interface MapOptions {
   blocksize?: number;
   device: string;
   exportName: string;
-  threads: number;
+  /** nbdkit threads; undefined = nbdkit's default. */
+  threads?: number;
   listenAddress: string;
   listenPort: number;
   socket?: string;

@@ -89,3 +89,12 @@ export class SavesetFormatError extends Error {
     this.name = 'SavesetFormatError';
   }
 }
+
+/** Maximum length of the metadata JSON (FORMAT.md §9 limits). */
+export const MAX_METADATA_LEN = 1_048_576;
+
+/** Maximum length of the compression trailer JSON (FORMAT.md §9 limits). */
+export const MAX_TRAILER_LEN = 67_108_864;
+
+/** Largest decoded (and, where it must be read whole, compressed) size accepted for one LZ4 chunk. */
+export const MAX_LZ4_CHUNK_LEN = 268_435_456;

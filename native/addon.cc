@@ -1,0 +1,16 @@
+// Module entry point of virtnbd_native. Each part registers itself on `exports`;
+// add further parts (e.g. the libvirt binding) with one Init call each.
+#include <napi.h>
+
+#include "nbd.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  virtnbd::InitNbd(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(virtnbd_native, Init)

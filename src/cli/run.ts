@@ -1,0 +1,28 @@
+/** Shared start-up of the three commands: parse argv (exit 0/2 as argparse), set up the logger. */
+import { tryParseCommandLine, type CommandSpec } from './argv.js';
+import { createLogger, type Logger } from '../log/logger.js';
+
+export interface Parsed {
+  values: Record<string, unknown>;
+  given: ReadonlySet<string>;
+}
+
+/** Parse the command line; on help/version/usage errors print and exit like argparse. */
+export function parseOrExit(spec: CommandSpec, argv: readonly string[]): Parsed {
+  const r = tryParseCommandLine(spec, argv);
+  if (r.kind === 'ok') return { values: r.values, given: r.given };
+  if (r.stdout) process.stdout.write(r.stdout);
+  if (r.stderr) process.stderr.write(r.stderr);
+  process.exit(r.code);
+}
+
+export function commandLogger(component: string, v: Record<string, unknown>, logFile: string | undefined): Logger {
+  return createLogger({
+    component,
+    logFile,
+    stderr: v.quiet !== true,
+    color: v.nocolor !== true && process.stderr.isTTY === true,
+    verbose: v.verbose === true,
+    syslog: v.syslog === true,
+  });
+}

@@ -1,0 +1,180 @@
+/**
+ * LZ4 frames of compressed data payloads (FORMAT.md §3.2, §9 check 15).
+ *
+ * Compression and decompression are done by lz4-napi; this module adds what the format requires
+ * around it: the content-size field on write, and on read a strict header check, a walk over the
+ * block structure (exact frame end, no trailing bytes, a bound on the decoded size before
+ * anything is decoded) and the decoded-size checks.
+ */
+import { compressFrame, compressFrameSync, decompressFrameSync } from 'lz4-napi';
+import { xxh32 } from '@node-rs/xxhash';
+import { SavesetFormatError } from './types.js';
+
+/** Magic number of an LZ4 frame, as it appears in the file. */
+const MAGIC = 0x184d2204;
+/** Largest LZ4 frame header: magic 4, FLG 1, BD 1, content size 8, dict ID 4, HC 1. */
+export const LZ4_MAX_HEADER_LEN = 19;
+/** Smallest complete LZ4 frame: magic, FLG, BD, HC, end mark. */
+export const LZ4_MIN_FRAME_LEN = 11;
+
+const FLG_VERSION_MASK = 0xc0;
+const FLG_VERSION_01 = 0x40;
+const FLG_BLOCK_CHECKSUM = 0x10;
+const FLG_CONTENT_SIZE = 0x08;
+const FLG_CONTENT_CHECKSUM = 0x04;
+const FLG_RESERVED = 0x02;
+const FLG_DICT_ID = 0x01;
+
+const BLOCK_MAX_SIZES: Readonly<Record<number, number>> = { 4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20 };
+
+/** How much a frame's decoded-size bound may exceed the expected size before it is refused. */
+const DECODE_SLACK = 4 << 20;
+
+export interface Lz4FrameHeader {
+  /** Bytes from the magic up to and including the header checksum. */
+  headerSize: number;
+  /** The content-size field, when present. */
+  contentSize?: number;
+  blockChecksum: boolean;
+  contentChecksum: boolean;
+  blockMaxSize: number;
+}
+
+const headerChecksum = (desc: Buffer): number => (xxh32(desc, 0) >>> 8) & 0xff;
+
+/** Insert the content-size field into a frame lz4-napi wrote for `size` input bytes. */
+function withContentSize(f: Buffer, size: number): Buffer {
+  if (f.length < 7 || f.readUInt32LE(0) !== MAGIC) throw new Error('lz4-napi produced no LZ4 frame');
+  const flg = f[4]!;
+  if ((flg & (FLG_BLOCK_CHECKSUM | FLG_CONTENT_CHECKSUM)) !== (FLG_BLOCK_CHECKSUM | FLG_CONTENT_CHECKSUM) || flg & FLG_DICT_ID) {
+    throw new Error(`lz4-napi produced an unexpected frame descriptor (FLG 0x${flg.toString(16)})`);
+  }
+  if (flg & FLG_CONTENT_SIZE) return f; // already complete
+  // magic FLG BD | content size (8) | HC | blocks… ; the old HC is at f[6]
+  const out = Buffer.allocUnsafe(f.length + 8);
+  f.copy(out, 0, 0, 6);
+  out[4] = flg | FLG_CONTENT_SIZE;
+  out.writeBigUInt64LE(BigInt(size), 6);
+  out[14] = headerChecksum(out.subarray(4, 14));
+  f.copy(out, 15, 7);
+  return out;
+}
+
+/**
+ * Compress one chunk into one complete LZ4 frame with 64 KiB blocks, block checksums, content
+ * checksum and — added here, since lz4-napi does not write it — the content-size field.
+ */
+export function compressChunk(data: Buffer): Buffer {
+  return withContentSize(compressFrameSync(data, { contentChecksum: true, blockChecksums: true }), data.length);
+}
+
+/** compressChunk() on the libuv thread pool. `data` must not change until the promise settles. */
+export async function compressChunkAsync(data: Buffer): Promise<Buffer> {
+  return withContentSize(await compressFrame(data, { contentChecksum: true, blockChecksums: true }), data.length);
+}
+
+/**
+ * Parse and validate the header of the LZ4 frame at the start of `buf` (read at `offset` of
+ * `file`): magic (skippable frames are errors), version, reserved bits, block size, header checksum.
+ */
+export function parseLz4FrameHeader(buf: Buffer, file: string, offset: number): Lz4FrameHeader {
+  const bad = (at: number, reason: string): SavesetFormatError => new SavesetFormatError(file, offset + at, `corrupt LZ4 frame: ${reason}`);
+  if (buf.length < 7) throw bad(0, 'truncated frame header');
+  const magic = buf.readUInt32LE(0);
+  if ((magic & 0xfffffff0) === 0x184d2a50) throw bad(0, 'skippable LZ4 frame not allowed');
+  if (magic !== MAGIC) throw bad(0, 'bad magic number');
+  const flg = buf[4]!;
+  const bd = buf[5]!;
+  if ((flg & FLG_VERSION_MASK) !== FLG_VERSION_01) throw bad(4, `unsupported frame version ${flg >> 6}`);
+  if (flg & FLG_RESERVED) throw bad(4, 'reserved FLG bit set');
+  if (bd & 0x8f) throw bad(5, 'reserved BD bits set');
+  const blockMaxSize = BLOCK_MAX_SIZES[(bd >> 4) & 7];
+  if (blockMaxSize === undefined) throw bad(5, `invalid block maximum size id ${(bd >> 4) & 7}`);
+  if (flg & FLG_DICT_ID) throw bad(4, 'frames that need a dictionary are not supported');
+  const hasSize = (flg & FLG_CONTENT_SIZE) !== 0;
+  const headerSize = 7 + (hasSize ? 8 : 0);
+  if (buf.length < headerSize) throw bad(0, 'truncated frame header');
+  let contentSize: number | undefined;
+  if (hasSize) {
+    const v = buf.readBigUInt64LE(6);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(6, 'content size exceeds 2^53-1');
+    contentSize = Number(v);
+  }
+  if (headerChecksum(buf.subarray(4, headerSize - 1)) !== buf[headerSize - 1]) throw bad(headerSize - 1, 'header checksum mismatch');
+  const h: Lz4FrameHeader = {
+    headerSize,
+    blockChecksum: (flg & FLG_BLOCK_CHECKSUM) !== 0,
+    contentChecksum: (flg & FLG_CONTENT_CHECKSUM) !== 0,
+    blockMaxSize,
+  };
+  if (contentSize !== undefined) h.contentSize = contentSize;
+  return h;
+}
+
+/**
+ * Walk the block structure of the complete frame in `frame` without decoding: returns the frame's
+ * end and an upper bound of its decoded size.
+ */
+function walkBlocks(frame: Buffer, h: Lz4FrameHeader, file: string, offset: number): { end: number; bound: number } {
+  let pos = h.headerSize;
+  let bound = 0;
+  for (;;) {
+    if (pos + 4 > frame.length) throw new SavesetFormatError(file, offset + pos, 'corrupt LZ4 frame: truncated (no end mark)');
+    const word = frame.readUInt32LE(pos);
+    if (word === 0) {
+      pos += 4 + (h.contentChecksum ? 4 : 0);
+      if (pos > frame.length) throw new SavesetFormatError(file, offset + frame.length, 'corrupt LZ4 frame: truncated content checksum');
+      return { end: pos, bound };
+    }
+    const stored = (word & 0x80000000) !== 0;
+    const size = word & 0x7fffffff;
+    if (size > h.blockMaxSize) {
+      throw new SavesetFormatError(file, offset + pos, `corrupt LZ4 frame: block of ${size} bytes exceeds the maximum ${h.blockMaxSize}`);
+    }
+    // A compressed block decodes to at most 255 bytes per input byte (and never beyond the maximum).
+    bound += stored ? size : Math.min(h.blockMaxSize, size * 256);
+    pos += 4 + size + (h.blockChecksum ? 4 : 0);
+  }
+}
+
+function decodeChecked(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): Buffer {
+  const h = parseLz4FrameHeader(frame, file, offset);
+  const bad = (reason: string): SavesetFormatError => new SavesetFormatError(file, offset, `corrupt LZ4 frame: ${reason}`);
+  if (exact !== undefined && h.contentSize !== undefined && h.contentSize !== exact) {
+    throw bad(`content size field ${h.contentSize} differs from the expected ${exact} bytes`);
+  }
+  if (h.contentSize !== undefined && h.contentSize > max) throw bad(`content size ${h.contentSize} exceeds the limit of ${max} bytes`);
+  const { end, bound } = walkBlocks(frame, h, file, offset);
+  if (end !== frame.length) {
+    throw new SavesetFormatError(file, offset + end, `corrupt LZ4 frame: ${frame.length - end} bytes after the end of the frame`);
+  }
+  if (exact !== undefined && bound < exact) throw bad(`blocks cannot decode to the expected ${exact} bytes`);
+  if (bound > (exact ?? max) + Math.max(DECODE_SLACK, h.blockMaxSize)) {
+    throw bad(`blocks could decode to more than ${exact ?? max} bytes`);
+  }
+  let out: Buffer;
+  try {
+    out = decompressFrameSync(frame);
+  } catch (e) {
+    throw bad(`decoding failed (${(e as Error).message})`);
+  }
+  if (exact !== undefined && out.length !== exact) throw bad(`decoded to ${out.length} bytes, expected ${exact}`);
+  if (out.length > max) throw bad(`decoded to ${out.length} bytes, more than the limit of ${max}`);
+  if (h.contentSize !== undefined && out.length !== h.contentSize) {
+    throw bad(`decoded to ${out.length} bytes, content size field says ${h.contentSize}`);
+  }
+  return out;
+}
+
+/**
+ * Decode exactly one complete LZ4 frame (`frame` was read at `offset` of `file`), which must decode
+ * to `expectedSize` bytes; every checksum present is verified, trailing bytes are rejected.
+ */
+export function decodeLz4Frame(frame: Buffer, expectedSize: number, file: string, offset: number): Buffer {
+  return decodeChecked(frame, file, offset, expectedSize, expectedSize);
+}
+
+/** Like decodeLz4Frame for a frame of unknown decoded size, refusing more than `maxSize` bytes. */
+export function decodeLz4FrameUnsized(frame: Buffer, maxSize: number, file: string, offset: number): Buffer {
+  return decodeChecked(frame, file, offset, undefined, maxSize);
+}
