@@ -30,7 +30,7 @@ async function readPoint(set: string, until: string | undefined, work: string): 
   const sock = join(work, 'map.sock');
   const args = [join(packageRoot(), 'bin', 'virtnbdmap'), '-i', set, '--disk', 'vda', '--socket', sock, '--json', '--no-device', '-L', join(work, 'virtnbdmap.log')];
   if (until) args.push('--until', until);
-  const map = execa(process.execPath, args, { stdout: 'pipe', stderr: 'inherit', reject: false });
+  const map = execa(process.execPath, args, { stdout: 'pipe', stderr: 'pipe', reject: false });
   const info = await new Promise<{ uri: string }>((resolve, reject) => {
     let buf = '';
     map.stdout?.on('data', (d: Buffer) => {
@@ -38,22 +38,23 @@ async function readPoint(set: string, until: string | undefined, work: string): 
       const nl = buf.indexOf('\n');
       if (nl >= 0) resolve(JSON.parse(buf.slice(0, nl)));
     });
-    void map.then((r) => reject(new Error(`virtnbdmap exited early: ${r.exitCode}`)));
+    void map.then((r) => reject(new Error(`virtnbdmap exited early (${r.exitCode}):\n${String(r.stderr)}`)));
   });
   const fuseDir = join(work, 'fuse');
   mkdirSync(fuseDir, { recursive: true });
-  const fuse = execa('nbdfuse', ['-r', join(fuseDir, 'disk'), '--unix', sock], { reject: false });
+  const fuse = execa('nbdfuse', ['-r', join(fuseDir, 'disk'), '--unix', sock], { reject: false, forceKillAfterDelay: 5000 });
   try {
     for (let i = 0; i < 100 && !existsSync(join(fuseDir, 'disk')); i++) await sleep(50);
-    const r = await execa('debugfs', ['-R', 'cat /hello.txt', join(fuseDir, 'disk')], { stderr: 'ignore' });
+    const r = await execa('debugfs', ['-R', 'cat /hello.txt', join(fuseDir, 'disk')], { stderr: 'ignore', timeout: 30_000 });
     say(`  served at ${info.uri}`);
     return r.stdout.trim();
   } finally {
-    await execa('fusermount3', ['-u', fuseDir], { reject: false });
+    await execa('fusermount3', ['-u', fuseDir], { reject: false, timeout: 10_000 });
+    fuse.kill('SIGTERM');
     await fuse;
     map.kill('SIGTERM');
     const r = await map;
-    if (r.exitCode !== 0) throw new Error(`virtnbdmap exited with ${r.exitCode}`);
+    if (r.exitCode !== 0) throw new Error(`virtnbdmap exited with ${r.exitCode}:\n${String(r.stderr)}`);
   }
 }
 
