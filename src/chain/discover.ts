@@ -5,6 +5,7 @@
 import { readdirSync } from 'node:fs';
 import { join, basename, resolve } from 'node:path';
 import { readSavesetMetadata } from '../saveset/reader.js';
+import { isRawImageFile, rawImageIndex } from './data-file.js';
 import type { Metadata } from '../saveset/types.js';
 import { parseDataFileName, isPartialName, type DataFileName } from './names.js';
 
@@ -29,6 +30,7 @@ export function chainFileFor(file: string): ChainFile {
   const name = basename(path);
   const parsed = parseDataFileName(name);
   if (!parsed) throw new Error(`${path}: not a data file name (expected <disk>.full.data, <disk>.inc.<id>.data, ...)`);
+  if (isRawImageFile(path)) return { ...parsed, name, path, metadata: rawImageIndex(path).metadata };
   const { metadata } = readSavesetMetadata(path);
   if (metadata.diskName !== parsed.dev)
     throw new Error(`${path}: metadata names disk [${metadata.diskName}] but the file name says [${parsed.dev}]; refusing the file`);

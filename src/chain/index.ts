@@ -1,5 +1,5 @@
 /** The chain API: discover a set, select a disk's chain, index and resolve it. */
-import { indexSaveset } from '../saveset/reader.js';
+import { indexDataFile } from './data-file.js';
 import type { SavesetIndex } from '../saveset/types.js';
 import { discoverBackupDir, chainFileFor, type BackupDir, type ChainFile } from './discover.js';
 import { selectChain, sequenceChain, ChainError, type Chain } from './order.js';
@@ -17,7 +17,7 @@ export interface ResolvedChain {
 
 /** Index every file of a chain (validating its structure) and resolve it. */
 export function resolveSelected(chain: Chain): ResolvedChain {
-  const indexes = chain.files.map((f) => indexSaveset(f.path));
+  const indexes = chain.files.map((f) => indexDataFile(f.path));
   return { chain, indexes, map: resolveChain(indexes) };
 }
 

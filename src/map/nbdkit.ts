@@ -80,7 +80,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function tail(path: string, lines = 15): string {
+/** The last lines of a log file ('' when unreadable). */
+export function tail(path: string, lines = 15): string {
   try {
     return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
   } catch {

@@ -7,7 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { chainFromDir, chainFromFiles, resolveSelected, discoverBackupDir } from '../chain/index.js';
 import { dataBytes } from '../chain/extent-map.js';
-import { startServer, type Server } from './nbdkit.js';
+import { startServer, tail, type Server } from './nbdkit.js';
 import { nbdDevicesPresent, deviceExists, connectDevice, disconnectDevice } from './device.js';
 import { which } from '../util/which.js';
 import { humanSize } from '../util/humanize.js';
@@ -186,7 +186,7 @@ export async function runMap(opts: MapOptions, log: MapLog, out: (s: string) => 
     await mapping.close();
     return 0;
   }
-  log.error(`nbdkit exited unexpectedly (${winner.code ?? winner.signal}); see [${mapping.info.nbdkitLog}]`);
+  log.error(`nbdkit exited unexpectedly (${winner.code ?? winner.signal}); its last messages:\n${tail(mapping.info.nbdkitLog)}`);
   await mapping.close();
   return 1;
 }

@@ -108,14 +108,14 @@ async function resolve(files: string[]): Promise<DecodeLz4Frame> {
   let table: Buffer;
   let decode: DecodeLz4Frame;
   try {
-    const [{ indexSaveset }, { resolveChain }, { encodeTable }, lz4] = await Promise.all([
-      import('../saveset/reader.js'),
+    const [{ indexDataFile }, { resolveChain }, { encodeTable }, lz4] = await Promise.all([
+      import('../chain/data-file.js'),
       import('../chain/resolve.js'),
       import('./table.js'),
       import('../saveset/lz4.js'),
     ]);
     decode = lz4.decodeLz4Frame;
-    table = encodeTable(resolveChain(files.map((f) => indexSaveset(f))));
+    table = encodeTable(resolveChain(files.map((f) => indexDataFile(f))));
   } catch (err) {
     // SavesetFormatError, ChainError, TableError → EINVAL; I/O errors (ENOENT, EACCES) → EIO.
     sendError(errorStatus(err), message(err));
