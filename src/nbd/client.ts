@@ -2,7 +2,7 @@
  * NBD client over libnbd (native/nbd.cc). One NbdClient = one connection; any number of
  * requests may be in flight on it at once (issue them without awaiting each one).
  */
-import { loadNative, type NativeNbd, type NativeNbdInfo, type NativeNbdStats } from './native.js';
+import { loadNative, type NativeConnectOptions, type NativeNbd, type NativeNbdInfo, type NativeNbdStats } from './native.js';
 
 /** NBD command flags (the protocol's values, as in libnbd.h). */
 export const CMD_FLAG = { FUA: 0x01, NO_HOLE: 0x02, DF: 0x04, REQ_ONE: 0x08, FAST_ZERO: 0x10 } as const;
@@ -52,21 +52,8 @@ async function nat<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-export interface ConnectOptions {
-  /** Meta contexts to request before connecting, e.g. ['base:allocation', 'qemu:dirty-bitmap:backup-sda']. */
-  metaContexts?: string[];
-  /** Only with a unix socket path as target; with a URI, the export name is the URI's path. */
-  exportName?: string;
-  tls?: 'disable' | 'allow' | 'require';
-  tlsCertificates?: string;
-  /** libnbd debug messages on stderr. */
-  debug?: boolean;
-  /**
-   * Let libnbd zero each read buffer before the read (its default; costs ~35% of large-read
-   * throughput). Off by default: a failed read's buffer is never returned by pread().
-   */
-  initializeReadBuffers?: boolean;
-}
+/** Options of NbdClient.connect (see NativeConnectOptions for each field). */
+export type ConnectOptions = NativeConnectOptions;
 
 export interface BlockSizeConstraints {
   minimum: number;
