@@ -3,11 +3,13 @@
 #include <napi.h>
 
 #include "nbd.h"
+#include "virt.h"
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   virtnbd::InitNbd(env, exports);
+  virtnbd::InitVirt(env, exports);
   return exports;
 }
 

@@ -136,13 +136,17 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
   while (!existsSync(pidFile)) {
     if (done) {
       const r = await exited;
+      // read the log before its directory is removed
+      const msg = `nbdkit failed to start (exit ${r.code ?? r.signal}):\n${tail(logFile)}`;
       rmSync(tmpDir, { recursive: true, force: true });
-      throw new Error(`nbdkit failed to start (exit ${r.code ?? r.signal}):\n${tail(logFile)}`);
+      throw new Error(msg);
     }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       await exited;
-      throw new Error(`nbdkit did not become ready within ${opts.startTimeoutMs ?? 30_000} ms:\n${tail(logFile)}`);
+      const msg = `nbdkit did not become ready within ${opts.startTimeoutMs ?? 30_000} ms:\n${tail(logFile)}`;
+      rmSync(tmpDir, { recursive: true, force: true });
+      throw new Error(msg);
     }
     await sleep(10);
   }
@@ -163,7 +167,10 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
   if (pr.exitCode !== 0) {
     child.kill('SIGKILL');
     await exited;
-    throw new Error(`nbdkit export did not answer (${pr.stderr.trim()}):\n${tail(logFile)}`);
+    const msg = `nbdkit export did not answer (${pr.stderr.trim()}):\n${tail(logFile)}`;
+    if (opts.socket) rmSync(opts.socket, { force: true });
+    rmSync(tmpDir, { recursive: true, force: true });
+    throw new Error(msg);
   }
   let stopping: Promise<void> | undefined;
   const stop = (graceMs = 5000): Promise<void> =>
