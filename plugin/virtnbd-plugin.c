@@ -392,6 +392,9 @@ static int worker_read (const struct extent *e, uint64_t slice, uint32_t count, 
   put32 (req + 32, count);
 
   LOCK (&w->lock);
+  /* A worker that vanished before answering (killed, crashed) is replaced and the request is sent
+   * once more: reads are idempotent, and an idle worker's death can race with the check below. */
+  for (int attempt = 0; ; attempt++) {
   struct pollfd idle = { .fd = w->fd, .events = POLLIN };
   if (w->pid > 0 && poll (&idle, 1, 0) != 0) {
     /* An idle worker is silent: readable or hung up means it died (or is out of step). */
@@ -405,9 +408,12 @@ static int worker_read (const struct extent *e, uint64_t slice, uint32_t count, 
   }
   const pid_t pid = w->pid;
   const int64_t deadline = now_ms () + (int64_t) timeout_s * 1000;
+  bool answered = false;
+  stage = "sending the request";
   if (sock_write (w->fd, req, sizeof req, deadline) == -1) goto broken;
   stage = "reading the answer header";
   if (sock_read (w->fd, hdr, sizeof hdr, deadline) == -1) goto broken;
+  answered = true;
   status = get32 (hdr);
   len = get32 (hdr + 4);
   if (status != 0) {
@@ -426,6 +432,12 @@ static int worker_read (const struct extent *e, uint64_t slice, uint32_t count, 
 
  broken:
   err = errno;
+  if (attempt == 0 && !answered && (err == EPIPE || err == ECONNRESET)) {
+    nbdkit_debug ("virtnbd: worker %u (pid %d) vanished before answering; retrying on a new worker",
+                  idx, (int) pid);
+    stop_worker (w);
+    continue;
+  }
   char eb[128];
   nbdkit_error ("virtnbd: worker %u (pid %d) failed %s for the frame at offset %" PRIu64
                 " of %s: %s; killing it (restarted on the next request)",
@@ -434,6 +446,7 @@ static int worker_read (const struct extent *e, uint64_t slice, uint32_t count, 
   UNLOCK (&w->lock);
   nbdkit_set_error (EIO);
   return -1;
+  }
 }
 
 /* ---- Start-up: resolve the chain in worker 0, validate the table ---- */

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { jest } from '@jest/globals';
 import { NbdClient, STATE_DIRTY, type Extent } from '../../src/nbd/client.js';
 import {
   CHECKPOINT_CREATE,
@@ -29,6 +30,10 @@ import {
   VirtError,
   nativeVirtConstants,
 } from '../../src/virt/client.js';
+
+// libvirtd re-probes qemu on every domain definition on these machines (~35 s each, minutes under
+// load): give the tests room; the suite's time budget allows it.
+jest.setTimeout(600_000);
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const ADDON = join(ROOT, 'build', 'Release', 'virtnbd_native.node');
