@@ -19,6 +19,11 @@ import { startServer, type Server } from '../../src/map/nbdkit.js';
 import { NbdClient, STATE_HOLE, STATE_ZERO, type Extent } from '../../src/nbd/client.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
 import { prng, randInt } from '../helpers/prng.js';
+import { jest } from '@jest/globals';
+
+// ~20 s for the whole file normally; LZ4 chunks of 32 MiB are decoded by Node workers and slow down
+// a lot on a loaded machine (seen: 160 s). Correctness, not speed, is checked here.
+jest.setTimeout(600_000);
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
