@@ -19,7 +19,8 @@ const MAX_COUNT = 64 * 1024 * 1024;
 const MAX_USIZE = 256 * 1024 * 1024;
 const MAX_MSG = 64 * 1024;
 
-type DecodeLz4Frame = (frame: Buffer, expectedSize: number, file: string, offset: number) => Buffer;
+/** lz4.decodeLz4FrameAsync: the synchronous decoder of lz4-napi 2.10 leaks every decoded frame. */
+type DecodeLz4Frame = (frame: Buffer, expectedSize: number, file: string, offset: number) => Promise<Buffer>;
 
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
@@ -114,7 +115,7 @@ async function resolve(files: string[]): Promise<DecodeLz4Frame> {
       import('./table.js'),
       import('../saveset/lz4.js'),
     ]);
-    decode = lz4.decodeLz4Frame;
+    decode = lz4.decodeLz4FrameAsync;
     table = encodeTable(resolveChain(files.map((f) => indexDataFile(f))));
   } catch (err) {
     // SavesetFormatError, ChainError, TableError → EINVAL; I/O errors (ENOENT, EACCES) → EIO.
@@ -141,8 +142,11 @@ class Server {
     return fd;
   }
 
-  /** The decoded frame (from the cache, or read and decoded). Errors name the file and offset. */
-  private frame(file: number, offset: number, csize: number, usize: number): Buffer {
+  /**
+   * The decoded frame (from the cache, or read and decoded on the libuv thread pool: the loop
+   * stays synchronous, a miss just waits for the decode). Errors name the file and offset.
+   */
+  private async frame(file: number, offset: number, csize: number, usize: number): Promise<Buffer> {
     const hit = this.cache.get(file, offset);
     if (hit !== undefined && hit.length === usize) return hit;
     const path = this.files[file];
@@ -152,7 +156,7 @@ class Server {
     } catch (err) {
       throw new Error(`${path}: cannot read the LZ4 frame at byte offset ${offset} (${csize} bytes): ${message(err)}`);
     }
-    const data = this.decode(raw, usize, path, offset);
+    const data = await this.decode(raw, usize, path, offset);
     if (data.length !== usize) {
       throw new Error(`${path}: at byte offset ${offset}: LZ4 frame decodes to ${data.length} bytes, expected ${usize}`);
     }
@@ -161,7 +165,7 @@ class Server {
   }
 
   /** Answer requests until the shim closes the socket. */
-  run(): void {
+  async run(): Promise<void> {
     const req = Buffer.alloc(REQ_LEN);
     for (;;) {
       try {
@@ -193,7 +197,7 @@ class Server {
       }
       let data: Buffer;
       try {
-        data = this.frame(file, offset, csize, usize);
+        data = await this.frame(file, offset, csize, usize);
       } catch (err) {
         const m = message(err);
         sendError(errorStatus(err) === ENOMEM ? ENOMEM : EIO, m.includes(this.files[file]) ? m : `${this.files[file]}: at byte offset ${offset}: ${m}`);
@@ -211,8 +215,8 @@ async function main(argv: string[]): Promise<number> {
     logStderr('usage: worker.js --resolve|--serve FILE...');
     return 2;
   }
-  const decode = mode === '--resolve' ? await resolve(files) : (await import('../saveset/lz4.js')).decodeLz4Frame;
-  new Server(files, decode).run();
+  const decode = mode === '--resolve' ? await resolve(files) : (await import('../saveset/lz4.js')).decodeLz4FrameAsync;
+  await new Server(files, decode).run();
   return 0;
 }
 

@@ -6,7 +6,7 @@
  * block structure (exact frame end, no trailing bytes, a bound on the decoded size before
  * anything is decoded) and the decoded-size checks.
  */
-import { compressFrame, compressFrameSync, decompressFrameSync } from 'lz4-napi';
+import { compressFrame, compressFrameSync, decompressFrame, decompressFrameSync } from 'lz4-napi';
 import { xxh32 } from '@node-rs/xxhash';
 import { SavesetFormatError } from './types.js';
 
@@ -137,7 +137,8 @@ function walkBlocks(frame: Buffer, h: Lz4FrameHeader, file: string, offset: numb
   }
 }
 
-function decodeChecked(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): Buffer {
+/** Everything that can be checked before decoding; returns the check to run on the decoded bytes. */
+function checkBeforeDecode(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): (decode: () => Buffer) => Buffer {
   const h = parseLz4FrameHeader(frame, file, offset);
   const bad = (reason: string): SavesetFormatError => new SavesetFormatError(file, offset, `corrupt LZ4 frame: ${reason}`);
   if (exact !== undefined && h.contentSize !== undefined && h.contentSize !== exact) {
@@ -152,18 +153,24 @@ function decodeChecked(frame: Buffer, file: string, offset: number, exact: numbe
   if (bound > (exact ?? max) + Math.max(DECODE_SLACK, h.blockMaxSize)) {
     throw bad(`blocks could decode to more than ${exact ?? max} bytes`);
   }
-  let out: Buffer;
-  try {
-    out = decompressFrameSync(frame);
-  } catch (e) {
-    throw bad(`decoding failed (${(e as Error).message})`);
-  }
-  if (exact !== undefined && out.length !== exact) throw bad(`decoded to ${out.length} bytes, expected ${exact}`);
-  if (out.length > max) throw bad(`decoded to ${out.length} bytes, more than the limit of ${max}`);
-  if (h.contentSize !== undefined && out.length !== h.contentSize) {
-    throw bad(`decoded to ${out.length} bytes, content size field says ${h.contentSize}`);
-  }
-  return out;
+  return (decode) => {
+    let out: Buffer;
+    try {
+      out = decode();
+    } catch (e) {
+      throw bad(`decoding failed (${(e as Error).message})`);
+    }
+    if (exact !== undefined && out.length !== exact) throw bad(`decoded to ${out.length} bytes, expected ${exact}`);
+    if (out.length > max) throw bad(`decoded to ${out.length} bytes, more than the limit of ${max}`);
+    if (h.contentSize !== undefined && out.length !== h.contentSize) {
+      throw bad(`decoded to ${out.length} bytes, content size field says ${h.contentSize}`);
+    }
+    return out;
+  };
+}
+
+function decodeChecked(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): Buffer {
+  return checkBeforeDecode(frame, file, offset, exact, max)(() => decompressFrameSync(frame));
 }
 
 /**
@@ -172,6 +179,28 @@ function decodeChecked(frame: Buffer, file: string, offset: number, exact: numbe
  */
 export function decodeLz4Frame(frame: Buffer, expectedSize: number, file: string, offset: number): Buffer {
   return decodeChecked(frame, file, offset, expectedSize, expectedSize);
+}
+
+/**
+ * decodeLz4Frame on the libuv thread pool (lz4-napi's async decoder), with the same checks.
+ * Long-running code (the plugin worker) must use this one: lz4-napi 2.10's synchronous
+ * decompressFrameSync (and compressFrameSync) never free their output buffer
+ * (antoniomuso/lz4-napi#678): a worker decoding frames with it grows by every decoded byte,
+ * until page faults and memory pressure stall it for seconds and its requests time out.
+ */
+export async function decodeLz4FrameAsync(frame: Buffer, expectedSize: number, file: string, offset: number): Promise<Buffer> {
+  const finish = checkBeforeDecode(frame, file, offset, expectedSize, expectedSize);
+  let decoded: Buffer | undefined;
+  let failure: unknown;
+  try {
+    decoded = await decompressFrame(frame);
+  } catch (e) {
+    failure = e;
+  }
+  return finish(() => {
+    if (decoded === undefined) throw failure;
+    return decoded;
+  });
 }
 
 /** Like decodeLz4Frame for a frame of unknown decoded size, refusing more than `maxSize` bytes. */
