@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "virtnbd_native",
-      "sources": ["native/addon.cc", "native/nbd.cc", "native/virt.cc"],
+      "sources": ["native/addon.cc", "native/nbd.cc", "native/virt.cc", "native/fslock.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "dependencies": ["<!(node -p \"require('node-addon-api').gyp\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

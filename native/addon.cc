@@ -2,6 +2,7 @@
 // add further parts (e.g. the libvirt binding) with one Init call each.
 #include <napi.h>
 
+#include "fslock.h"
 #include "nbd.h"
 #include "virt.h"
 
@@ -10,6 +11,7 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   virtnbd::InitNbd(env, exports);
   virtnbd::InitVirt(env, exports);
+  virtnbd::InitFsLock(env, exports);
   return exports;
 }
 

@@ -604,6 +604,7 @@ class VirtConnect : public Napi::ObjectWrap<VirtConnect> {
                            InstanceMethod<&VirtConnect::IsAlive>("isAlive"),
                            InstanceMethod<&VirtConnect::GetLibVersion>("getLibVersion"),
                            InstanceMethod<&VirtConnect::GetHostname>("getHostname"),
+                           InstanceMethod<&VirtConnect::StorageVolumePath>("storageVolumePath"),
                            InstanceMethod<&VirtConnect::LookupDomainByName>("lookupDomainByName"),
                            InstanceMethod<&VirtConnect::LookupDomainByUUIDString>("lookupDomainByUUIDString"),
                            InstanceMethod<&VirtConnect::DefineDomainXML>("defineDomainXML"),
@@ -660,6 +661,43 @@ class VirtConnect : public Napi::ObjectWrap<VirtConnect> {
       char* h = virConnectGetHostname(c.get());
       if (h == nullptr) ThrowLast("virConnectGetHostname");
       return Str(TakeString(h));
+    });
+  }
+
+  // Path of a storage volume (disk type='volume'): pool and volume looked up by name.
+  Napi::Value StorageVolumePath(const Napi::CallbackInfo& info) {
+    ConnP c = Conn(info);
+    std::string pool = StrArg(info, 0, "pool");
+    std::string vol = StrArg(info, 1, "volume");
+    return Job::Run(info.Env(), "virStorageVolGetPath", [c, pool, vol]() {
+      virStoragePoolPtr p = virStoragePoolLookupByName(c.get(), pool.c_str());
+      if (p == nullptr) ThrowLast("virStoragePoolLookupByName");
+      virStorageVolPtr v = virStorageVolLookupByName(p, vol.c_str());
+      if (v == nullptr) {
+        VirtErr saved;
+        try {
+          ThrowLast("virStorageVolLookupByName");
+        } catch (const VirtErr& e) {
+          saved = e;
+        }
+        virStoragePoolFree(p);
+        throw saved;
+      }
+      char* path = virStorageVolGetPath(v);
+      if (path == nullptr) {
+        VirtErr saved;
+        try {
+          ThrowLast("virStorageVolGetPath");
+        } catch (const VirtErr& e) {
+          saved = e;
+        }
+        virStorageVolFree(v);
+        virStoragePoolFree(p);
+        throw saved;
+      }
+      virStorageVolFree(v);
+      virStoragePoolFree(p);
+      return Str(TakeString(path));
     });
   }
 

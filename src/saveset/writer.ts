@@ -4,15 +4,36 @@
  *
  * The file is written as `<final>.partial` and renamed to `<final>` only when complete; an
  * existing final file is never replaced. The `.chksum` file is written the same way.
+ *
+ * createToSink() writes the same byte stream into a SavesetSink instead (e.g. a zip entry for
+ * `-o -`, FORMAT.md §7): no files, no `.chksum`; finish() ends the sink and returns the Adler-32
+ * value so that the caller can store the checksum itself. Memory use is the same as for files.
  */
-import { open, link, lstat, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { FileExistsError, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
 import { Adler32, formatChecksum } from './adler32.js';
 import { formatHeader } from './header.js';
 import { compressChunkAsync } from './lz4.js';
 import { metadataJson } from './metadata.js';
 import { pyJsonDumps } from './pyjson.js';
 import { LZ4_CHUNK, MAX_METADATA_LEN, MAX_TRAILER_LEN, type Metadata } from './types.js';
+
+/**
+ * Destination of a sink-mode writer. write() receives the stream's bytes in order and must have
+ * consumed (or copied) `buf` when its promise resolves: the writer reuses its buffers.
+ */
+export interface SavesetSink {
+  write(buf: Buffer): Promise<void>;
+  end(): Promise<void>;
+}
+
+export interface SinkWriterOptions {
+  /** LZ4 level recorded in the metadata; false = uncompressed. */
+  compress: false | number;
+  /** Returned as `path` by finish() (e.g. the zip entry name); default "". */
+  name?: string;
+}
 
 export interface WriterOptions {
   /** LZ4 level recorded in the metadata; false = uncompressed. */
@@ -46,40 +67,15 @@ interface OpenData {
   csizes: number[];
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
-  }
-}
+const exists = pathExists;
 
-/** Give `src` the name `dst`, failing if `dst` exists (hard link + unlink; rename where links are unsupported). */
+/** Give `src` the name `dst`, failing if `dst` exists (util/atomic-file). */
 async function publish(src: string, dst: string): Promise<void> {
   try {
-    await link(src, dst);
+    await publishNoReplace(src, dst);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') throw new SavesetWriterError(`${dst} already exists; not replacing it`);
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS' && code !== 'EMLINK') throw e;
-    if (await exists(dst)) throw new SavesetWriterError(`${dst} already exists; not replacing it`);
-    await rename(src, dst);
-    return;
-  }
-  await unlink(src);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw e;
-  } finally {
-    await fh.close();
+    if (e instanceof FileExistsError) throw new SavesetWriterError(e.message);
+    throw e;
   }
 }
 
@@ -87,6 +83,8 @@ const isCount = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
 
 export class SavesetWriter {
   private fh: FileHandle | undefined;
+  /** Set in sink mode (createToSink): the bytes go there instead of a file. */
+  private sink: SavesetSink | undefined;
   private readonly adler = new Adler32();
   /** Bytes handed to emit() so far (= final file size at the end). */
   private pos = 0;
@@ -123,13 +121,39 @@ export class SavesetWriter {
    * frame lengths that will be written (checked by finish()).
    */
   static async create(finalPath: string, meta: Metadata, opts: WriterOptions): Promise<SavesetWriter> {
-    if (opts.compress !== false && !Number.isSafeInteger(opts.compress)) {
-      throw new SavesetWriterError(`compression level must be an integer, got ${opts.compress}`);
+    const json = SavesetWriter.validate(meta, opts.compress);
+    for (const p of [finalPath, `${finalPath}.chksum`]) {
+      if (await exists(p)) throw new SavesetWriterError(`${p} already exists; not replacing it`);
     }
-    if (meta.compressed !== opts.compress) {
-      throw new SavesetWriterError(`metadata "compressed" (${meta.compressed}) differs from the writer option (${opts.compress})`);
+    const w = new SavesetWriter(finalPath, meta, opts.compress !== false, opts.fsync ?? true);
+    w.fh = await open(w.partialPath, 'wx');
+    w.temps.add(w.partialPath);
+    await w.start(json);
+    return w;
+  }
+
+  /**
+   * Write the stream into `sink` instead of a file (same bytes as create() would write) and
+   * write the meta frame. finish() ends the sink and returns the checksum; no file is created.
+   * abort() only marks the writer dead: ending or discarding the sink is the caller's business.
+   */
+  static async createToSink(sink: SavesetSink, meta: Metadata, opts: SinkWriterOptions): Promise<SavesetWriter> {
+    const json = SavesetWriter.validate(meta, opts.compress);
+    const w = new SavesetWriter(opts.name ?? '', meta, opts.compress !== false, false);
+    w.sink = sink;
+    await w.start(json);
+    return w;
+  }
+
+  /** Check metadata and options; the metadata JSON to write. */
+  private static validate(meta: Metadata, compress: false | number): Buffer {
+    if (compress !== false && !Number.isSafeInteger(compress)) {
+      throw new SavesetWriterError(`compression level must be an integer, got ${compress}`);
     }
-    if (opts.compress !== false && meta.compressionMethod !== 'lz4') {
+    if (meta.compressed !== compress) {
+      throw new SavesetWriterError(`metadata "compressed" (${meta.compressed}) differs from the writer option (${compress})`);
+    }
+    if (compress !== false && meta.compressionMethod !== 'lz4') {
       throw new SavesetWriterError(`compression method must be lz4, got ${JSON.stringify(meta.compressionMethod)}`);
     }
     if (!isCount(meta.virtualSize) || !isCount(meta.dataSize) || meta.dataSize > meta.virtualSize) {
@@ -137,21 +161,19 @@ export class SavesetWriter {
     }
     const json = Buffer.from(metadataJson(meta), 'utf8');
     if (json.length > MAX_METADATA_LEN) throw new SavesetWriterError(`metadata JSON of ${json.length} bytes exceeds 1 MiB`);
-    for (const p of [finalPath, `${finalPath}.chksum`]) {
-      if (await exists(p)) throw new SavesetWriterError(`${p} already exists; not replacing it`);
-    }
-    const w = new SavesetWriter(finalPath, meta, opts.compress !== false, opts.fsync ?? true);
-    w.fh = await open(w.partialPath, 'wx');
-    w.temps.add(w.partialPath);
+    return json;
+  }
+
+  /** The meta frame; on failure the writer is aborted. */
+  private async start(json: Buffer): Promise<void> {
     try {
-      await w.emit(formatHeader('meta', 0, json.length));
-      await w.emit(json);
-      await w.emit(CRLF);
+      await this.emit(formatHeader('meta', 0, json.length));
+      await this.emit(json);
+      await this.emit(CRLF);
     } catch (e) {
-      await w.abort();
+      await this.abort();
       throw e;
     }
-    return w;
   }
 
   /** Run one public operation: refuses overlapping calls and calls after a failure. */
@@ -170,6 +192,11 @@ export class SavesetWriter {
   }
 
   private async writeOut(buf: Buffer): Promise<void> {
+    if (this.sink) {
+      await this.sink.write(buf);
+      this.written += buf.length;
+      return;
+    }
     let off = 0;
     while (off < buf.length) {
       const { bytesWritten } = await this.fh!.write(buf, off, buf.length - off, this.written);
@@ -330,7 +357,8 @@ export class SavesetWriter {
 
   /**
    * Write the stop frame (and, compressed, the trailer and comp frame), make the file durable,
-   * rename it to its final name and write its `.chksum` file.
+   * rename it to its final name and write its `.chksum` file. In sink mode: end the sink
+   * instead (no files); `path` is the `name` option.
    */
   async finish(): Promise<{ path: string; bytes: number; checksum: number }> {
     return this.op(async () => {
@@ -348,6 +376,11 @@ export class SavesetWriter {
       }
       await this.flush();
       this.pending = undefined;
+      if (this.sink) {
+        await this.sink.end();
+        this.state = 'finished';
+        return { path: this.finalPath, bytes: this.pos, checksum: this.adler.digest() };
+      }
       await this.closeFile(this.fsync);
       await publish(this.partialPath, this.finalPath);
       this.temps.delete(this.partialPath);

@@ -171,6 +171,11 @@ export class VirtConnection {
     return nat(() => this.h.getHostname());
   }
 
+  /** Path of storage volume `volume` of pool `pool` (disk type='volume'). */
+  storageVolumePath(pool: string, volume: string): Promise<string> {
+    return nat(() => this.h.storageVolumePath(pool, volume));
+  }
+
   /** Rejects with code VIR_ERR.NO_DOMAIN when there is no such domain. */
   async lookupByName(name: string): Promise<VirtDomain> {
     return new VirtDomain(this, await nat(() => this.h.lookupDomainByName(name)));

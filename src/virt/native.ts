@@ -46,6 +46,7 @@ export interface NativeVirtConnect {
   isAlive(): boolean;
   getLibVersion(): Promise<number>;
   getHostname(): Promise<string>;
+  storageVolumePath(pool: string, volume: string): Promise<string>;
   lookupDomainByName(name: string): Promise<NativeVirtDomain>;
   lookupDomainByUUIDString(uuid: string): Promise<NativeVirtDomain>;
   defineDomainXML(xml: string, flags?: number): Promise<NativeVirtDomain>;

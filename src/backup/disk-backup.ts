@@ -1,0 +1,242 @@
+/**
+ * Backs up one disk from an NBD export (BEHAVIOUR.md §7.1): connect (with retries while the
+ * server comes up), plan the frames from the meta contexts, read the data with several requests
+ * in flight and a fixed memory budget, and write a sparse stream (SavesetWriter) or a raw image
+ * (RawImageWriter) that only gets its final name when complete.
+ */
+import { join } from 'node:path';
+import { NbdClient, NbdError, CONTEXT_BASE_ALLOCATION } from '../nbd/client.js';
+import { SavesetWriter } from '../saveset/writer.js';
+import { formatChecksum } from '../saveset/adler32.js';
+import type { ZipStreamWriter } from '../zip/index.js';
+import { buildMetadata } from '../saveset/metadata.js';
+import { humanSize } from '../util/humanize.js';
+import type { Logger } from '../log/logger.js';
+import { clientExtentSource, dirtyBitmapContext, nbdinfoExtentSource, planExtents, type ExtentPlan, type PlannedExtent } from './extents.js';
+import { RawImageWriter } from './raw-writer.js';
+import type { BackupDisk, BackupLevel } from './types.js';
+
+/** Read size per NBD request; in-flight bytes per disk (the memory budget for reads). */
+const PIECE = 4 << 20;
+const WINDOW_BYTES = 32 << 20;
+/** Connection attempts: first at once, then with back-off, ~20 s in all (BEHAVIOUR §6.2, P7). */
+const CONNECT_BUDGET_MS = 20_000;
+
+export interface ProgressBar {
+  update(done: number): void;
+  done(): void;
+}
+
+export interface DiskBackupOptions {
+  disk: BackupDisk;
+  /** NBD URI of the disk's export. */
+  uri: string;
+  level: BackupLevel;
+  /** Dirty bitmap exported for inc/diff (online: `backup-<dev>`). */
+  bitmap?: string;
+  /** Target directory and final file name (e.g. `vda.inc.virtnbdbackup.2.data`). */
+  dir: string;
+  fileName: string;
+  /** Raw image instead of a stream (-t raw, raw disks). */
+  raw: boolean;
+  compress: false | number;
+  checkpointName: string;
+  parentCheckpoint: string;
+  incremental: boolean;
+  noSparseDetection: boolean;
+  /** -q: extents from `nbdinfo --map`. */
+  useNbdinfo: boolean;
+  tls?: boolean;
+  log: Logger;
+  progress?: (total: number) => ProgressBar;
+  signal?: AbortSignal;
+  /** Metadata date (tests). */
+  date?: Date;
+  /** Zip mode (-o -): the stream becomes an archive entry, followed by its `.chksum` entry. */
+  zip?: ZipStreamWriter;
+}
+
+export interface DiskBackupResult {
+  dev: string;
+  path: string;
+  /** Bytes written to the file (compressed size when compressing; data bytes for raw). */
+  bytes: number;
+  /** Uncompressed data bytes read from the export. */
+  dataSize: number;
+  virtualSize: number;
+  checksum?: number;
+}
+
+async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+}
+
+/** Connects to the export, retrying while the server is not there yet. */
+export async function connectWithRetry(uri: string, contexts: string[], log: Logger, signal?: AbortSignal, tls?: boolean): Promise<NbdClient> {
+  const started = Date.now();
+  let delay = 100;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await NbdClient.connect(uri, { metaContexts: contexts, tls: tls === true ? 'require' : undefined });
+    } catch (e) {
+      const code = e instanceof NbdError ? e.code : undefined;
+      const transient = code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ECONNRESET';
+      if (!transient || signal?.aborted === true) throw new Error(`NBD endpoint: [${uri}]: connection failed: [${(e as Error).message}]`);
+      if (Date.now() - started > CONNECT_BUDGET_MS) throw new Error('Timeout during connection to NBD server backend.');
+      log.debug(`NBD server not ready (attempt ${attempt}: ${(e as Error).message}); retrying in ${delay} ms`);
+      await sleep(delay, signal);
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+}
+
+type Op = { kind: 'zero'; e: PlannedExtent } | { kind: 'begin'; e: PlannedExtent } | { kind: 'piece'; offset: number; length: number; last: boolean };
+
+function* operations(plan: ExtentPlan, piece: number): Generator<Op> {
+  for (const e of plan.extents) {
+    if (!e.data) {
+      yield { kind: 'zero', e };
+      continue;
+    }
+    yield { kind: 'begin', e };
+    const end = e.offset + e.length;
+    for (let off = e.offset; off < end; off += piece) {
+      const len = Math.min(piece, end - off);
+      yield { kind: 'piece', offset: off, length: len, last: off + len === end };
+    }
+  }
+}
+
+interface Sink {
+  zero(e: PlannedExtent): Promise<void>;
+  begin(e: PlannedExtent): Promise<void>;
+  piece(buf: Buffer, offset: number, last: boolean): Promise<void>;
+}
+
+/** Streams the plan through `sink` in order, keeping up to WINDOW_BYTES of reads in flight. */
+async function transfer(client: NbdClient, plan: ExtentPlan, sink: Sink, onBytes: (n: number) => void, signal?: AbortSignal): Promise<void> {
+  const piece = Math.min(PIECE, client.maxRequest());
+  const ops = operations(plan, piece);
+  const queue: Array<{ op: Op; read?: Promise<Buffer> }> = [];
+  let inflight = 0;
+  let exhausted = false;
+  const fill = (): void => {
+    while (!exhausted && (inflight < WINDOW_BYTES || queue.length === 0)) {
+      const n = ops.next();
+      if (n.done === true) {
+        exhausted = true;
+        return;
+      }
+      const op = n.value;
+      if (op.kind === 'piece') {
+        inflight += op.length;
+        const read = client.pread(op.length, op.offset);
+        read.catch(() => undefined); // awaited in order below
+        queue.push({ op, read });
+      } else queue.push({ op });
+    }
+  };
+  fill();
+  while (queue.length > 0) {
+    if (signal?.aborted === true) throw new Error('backup interrupted');
+    const { op, read } = queue.shift()!;
+    if (op.kind === 'zero') await sink.zero(op.e);
+    else if (op.kind === 'begin') await sink.begin(op.e);
+    else {
+      const buf = await read!;
+      await sink.piece(buf, op.offset, op.last);
+      inflight -= op.length;
+      onBytes(op.length);
+    }
+    fill();
+  }
+}
+
+export async function backupDisk(o: DiskBackupOptions): Promise<DiskBackupResult> {
+  const log = o.log;
+  const dev = o.disk.dev;
+  const delta = o.level === 'inc' || o.level === 'diff';
+  const bitmapCtx = delta && o.bitmap !== undefined ? dirtyBitmapContext(o.bitmap) : undefined;
+  const contexts = [CONTEXT_BASE_ALLOCATION, ...(bitmapCtx !== undefined ? [bitmapCtx] : [])];
+  if (o.disk.discard !== undefined) log.info(`Disk [${dev}] has discard option set: [${o.disk.discard}]`);
+  const client = await connectWithRetry(o.uri, contexts, log, o.signal, o.tls);
+  try {
+    for (const c of contexts) {
+      if (!client.canMetaContext(c) && !(c === CONTEXT_BASE_ALLOCATION && o.noSparseDetection && delta)) {
+        throw new Error(`NBD export [${o.uri}] does not offer meta context [${c}]`);
+      }
+    }
+    const size = client.size();
+    const source = o.useNbdinfo ? nbdinfoExtentSource(o.uri) : clientExtentSource(client);
+    const plan = await planExtents(source, { level: o.level, size, bitmap: o.bitmap, noSparseDetection: o.noSparseDetection });
+    log.info(`Got ${plan.extents.length} extents to backup.`);
+    log.info(`${dev}: virtual size: ${size} bytes [${humanSize(size)}]`);
+    log.info(`${dev}: data to save: ${plan.dataSize} bytes [${humanSize(plan.dataSize)}]${delta ? `, zeroed or trimmed since the parent: ${plan.zeroSize} bytes [${humanSize(plan.zeroSize)}]` : ''}`);
+    if (delta && plan.extents.length === 0) log.info(`${dev}: no changes since the parent checkpoint; writing a file without frames.`);
+    const finalPath = join(o.dir, o.fileName);
+    const bar = o.progress?.(plan.dataSize);
+    let done = 0;
+    const onBytes = (n: number): void => {
+      done += n;
+      bar?.update(done);
+    };
+    try {
+      if (o.raw) {
+        const w = await RawImageWriter.create(finalPath, size);
+        try {
+          await transfer(client, plan, {
+            zero: async () => undefined,
+            begin: async () => undefined,
+            piece: (buf, off) => w.write(buf, off),
+          }, onBytes, o.signal);
+          const r = await w.finish();
+          return { dev, path: r.path, bytes: r.bytes, dataSize: plan.dataSize, virtualSize: size };
+        } catch (e) {
+          await w.abort();
+          throw e;
+        }
+      }
+      const meta = buildMetadata({
+        virtualSize: size,
+        dataSize: plan.dataSize,
+        date: o.date,
+        diskName: dev,
+        diskFormat: o.disk.format,
+        checkpointName: o.checkpointName,
+        compressed: o.compress,
+        parentCheckpoint: o.parentCheckpoint,
+        incremental: o.incremental,
+      });
+      const w =
+        o.zip !== undefined
+          ? await SavesetWriter.createToSink(o.zip.startEntry(o.fileName, { zip64: true, mtime: new Date() }), meta, { compress: o.compress, name: o.fileName })
+          : await SavesetWriter.create(finalPath, meta, { compress: o.compress });
+      try {
+        await transfer(client, plan, {
+          zero: (e) => w.zero(e.offset, e.length),
+          begin: (e) => w.beginData(e.offset, e.length),
+          piece: async (buf, _off, last) => {
+            await w.write(buf);
+            if (last) await w.endData();
+          },
+        }, onBytes, o.signal);
+        const r = await w.finish();
+        if (o.zip !== undefined) await o.zip.addFile(`${o.fileName}.chksum`, Buffer.from(formatChecksum(r.checksum), 'latin1'), new Date());
+        return { dev, path: r.path, bytes: r.bytes, dataSize: plan.dataSize, virtualSize: size, checksum: r.checksum };
+      } catch (e) {
+        await w.abort();
+        throw e;
+      }
+    } finally {
+      bar?.done();
+    }
+  } finally {
+    await client.close().catch(() => undefined);
+  }
+}

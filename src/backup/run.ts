@@ -1,0 +1,567 @@
+/**
+ * One virtnbdbackup run (BEHAVIOUR.md §1), step by step: target and lock, level resolution,
+ * libvirt connection, checkpoint handling, the pull-mode job (or qemu-nbd for shut-off domains),
+ * the disks in parallel, then — only when every disk completed — side files, `.cpt` and the
+ * checkpoint XML (D28). Any failure after the job started aborts it, deletes the checkpoint the
+ * run created and leaves the target as it was (§3.9).
+ */
+import { mkdir, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import type { Logger } from '../log/logger.js';
+import { humanSize } from '../util/humanize.js';
+import { VirtConnection, VirtError, VIR_ERR, DOMAIN_START, CHECKPOINT_XML, type VirtDomain } from '../virt/client.js';
+import { backupDisk, type DiskBackupResult, type ProgressBar } from './disk-backup.js';
+import { backupXml, hasActiveBackupJob, startBackupJob, stopBackupJob } from './job.js';
+import { startOfflineServer, type OfflineServer } from './offline-server.js';
+import { BackupFatal, checkTargetRules, inspectTarget, rejectCombinations, resolveAuto, type TargetState } from './target-dir.js';
+import { lockTarget, type TargetLock } from './target-lock.js';
+import type { ZipStreamWriter } from '../zip/index.js';
+import { readFile, readdir, stat as statFile } from 'node:fs/promises';
+import type { BackupDisk, BackupLevel, RequestedLevel } from './types.js';
+import { parseDomainXml } from './domain-xml.js';
+import { selectDisks, warnTpm } from './disk-selection.js';
+import { copyBootFiles, directorySink, writeAutostart, writeOsinfo, writeQcowInfo, writeVmconfig, type SideFileSink } from './side-files.js';
+import {
+  CheckpointError,
+  checkpointXml,
+  deleteOurCheckpoints,
+  findForeignCheckpoints,
+  inspectInterruptedRun,
+  planCheckpoint,
+  readCptFile,
+  recoverInterruptedRun,
+  redefineFromDirectory,
+  saveCheckpointXml,
+  validateCheckpoint,
+  writeCptFile,
+} from './checkpoints.js';
+
+export interface BackupOptions {
+  domain: string;
+  level: RequestedLevel;
+  type: 'stream' | 'raw';
+  raw: boolean;
+  /** Target directory ('-' = zip to stdout, not handled here). */
+  output: string;
+  checkpointDir?: string;
+  scratchDir: string;
+  startDomain: boolean;
+  pause: boolean;
+  include?: string;
+  exclude: string[];
+  socketFile: string;
+  compress: false | number;
+  worker?: number;
+  freezeMountpoints: string[];
+  strict: boolean;
+  noSparseDetection: boolean;
+  threshold?: number;
+  uri: string;
+  user?: string;
+  password?: string;
+  useNbdinfo: boolean;
+  startOnly: boolean;
+  killOnly: boolean;
+  printOnly: boolean;
+}
+
+export interface BackupSummary {
+  level: BackupLevel | null;
+  checkpoint: string | null;
+  files: DiskBackupResult[];
+  bytes: number;
+  dataSize: number;
+  seconds: number;
+  exitCode: number;
+}
+
+export interface RunEnv {
+  log: Logger;
+  /** Zip mode (-o -): everything goes into this archive; chain state lives in the current directory. */
+  zip?: ZipStreamWriter;
+  /** Progress bars (undefined = none). */
+  progress?: (label: string, total: number) => ProgressBar;
+  /** Fires on SIGINT/SIGTERM/SIGHUP. */
+  signal: AbortSignal;
+  /** Unix time of the run (one per run, D26). */
+  now?: Date;
+}
+
+const isDelta = (l: BackupLevel): boolean => l === 'inc' || l === 'diff';
+
+/** Runs a backup; returns the summary (exit code inside). Throws only for programming errors. */
+export async function runBackup(o: BackupOptions, env: RunEnv): Promise<BackupSummary> {
+  const started = Date.now();
+  const log = env.log;
+  const summary: BackupSummary = { level: null, checkpoint: null, files: [], bytes: 0, dataSize: 0, seconds: 0, exitCode: 1 };
+  const cleanups: Array<() => Promise<void>> = [];
+  let lock: TargetLock | undefined;
+  try {
+    const r = await backupSteps(o, env, summary, cleanups, (l) => (lock = l));
+    summary.exitCode = r;
+  } catch (e) {
+    if (e instanceof BackupFatal || e instanceof CheckpointError) {
+      log.error(e.message);
+      for (const line of e instanceof BackupFatal ? e.extraLines : []) log.error(line);
+    } else if (env.signal.aborted) {
+      log.error(`Error during backup: ${(e as Error).message}`);
+    } else {
+      log.error(`Error during backup: ${(e as Error).message}`);
+      log.debug((e as Error).stack ?? '');
+    }
+    summary.exitCode = 1;
+  } finally {
+    for (const c of cleanups.reverse()) await c().catch((e: unknown) => log.warn(`Clean-up failed: ${(e as Error).message}`));
+    lock?.release();
+  }
+  summary.seconds = (Date.now() - started) / 1000;
+  return summary;
+}
+
+async function backupSteps(
+  o: BackupOptions,
+  env: RunEnv,
+  summary: BackupSummary,
+  cleanups: Array<() => Promise<void>>,
+  setLock: (l: TargetLock) => void,
+): Promise<number> {
+  const log = env.log;
+  const zip = env.zip;
+  // Zip mode: the chain state (.cpt, checkpoints/) is kept in the current directory (FORMAT.md §7).
+  const output = zip !== undefined ? process.cwd() : resolve(o.output);
+  const unixTime = Math.floor((env.now ?? new Date()).getTime() / 1000);
+
+  // Step 2 (the CLI created the directory and the log file): one run per target at a time (D41).
+  setLock(lockTarget(output));
+
+  // Step 6: option combinations.
+  const bad = rejectCombinations({ compress: o.compress, type: o.type, zip: zip !== undefined, raw: o.raw, level: o.level });
+  if (bad !== undefined) throw new BackupFatal(bad);
+
+  // Step 7: auto first (D7), then the partial-file guard and the target rules see the real level.
+  const target = await inspectTarget(output);
+  const auto = resolveAuto(o.level, target, output);
+  if (auto.message !== undefined) log.info(auto.message);
+  let level: BackupLevel = auto.level;
+  if (o.type === 'raw' && isDelta(level)) throw new BackupFatal('Stream format raw does not support incremental or differential backup.');
+
+  const checkpointDir = resolve(o.checkpointDir ?? join(output, 'checkpoints'));
+  const cptPath = join(output, `${o.domain}.cpt`);
+  if (o.domain.includes('/') || o.domain.includes('\0') || o.domain === '.' || o.domain === '..') {
+    throw new BackupFatal(`Domain name [${o.domain}] cannot be used as a file name.`);
+  }
+
+  // Step 10–11: libvirt and the domain.
+  let conn: VirtConnection;
+  try {
+    conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
+  } catch (e) {
+    const v = VirtError.from(e);
+    const suffix = v.code === VIR_ERR.AUTH_FAILED ? ': --user and --password options for SASL authentication are required.' : '';
+    throw new BackupFatal(`Can't connect libvirt daemon: [${v.message}${suffix}]`);
+  }
+  cleanups.push(() => conn.close());
+  let dom: VirtDomain;
+  try {
+    dom = await conn.lookupByName(o.domain);
+  } catch (e) {
+    throw new BackupFatal(`Unable to find domain [${o.domain}]: ${(e as Error).message}`);
+  }
+  const libVersion = await conn.libVersion();
+
+  // -k: abort the domain's job, nothing else (§5.5).
+  if (o.killOnly) {
+    try {
+      await dom.abortJob();
+      log.info(`Stopped backup job of domain [${o.domain}].`);
+      return 0;
+    } catch (e) {
+      log.error(`Failed to stop backup job: [${(e as Error).message}]`);
+      return 1;
+    }
+  }
+
+  let guestInfo: Record<string, number | string | boolean> | undefined;
+  if (await dom.isActive()) {
+    try {
+      guestInfo = await dom.guestInfo();
+      log.info(`Guest agent: ${String(guestInfo['os.pretty-name'] ?? '?')} (${String(guestInfo['os.machine'] ?? '?')}), host name [${String(guestInfo.hostname ?? '?')}]`);
+    } catch (e) {
+      log.debug(`No guest info from the agent: ${(e as Error).message}`);
+    }
+  }
+
+  // Step 14: domain state.
+  let online = await dom.isActive();
+  let paused = online && (await dom.state()).name === 'paused';
+  if (!online && o.startDomain) {
+    try {
+      await dom.create(DOMAIN_START.PAUSED | DOMAIN_START.AUTODESTROY);
+      online = true;
+      paused = true;
+      log.info('Started domain in paused state (destroyed again when the backup ends).');
+    } catch (e) {
+      log.info(`Failed to start domain in paused state: ${(e as Error).message}; continuing offline.`);
+    }
+  }
+  if (!online && o.startOnly) throw new BackupFatal('Domain is offline: must be active for this function.');
+  if (!online && level === 'full') {
+    log.warn('Domain is offline, resetting backup options.');
+    log.warn('New Backup level: [copy].');
+    level = 'copy';
+  }
+  if (!online && o.level === 'auto' && level === 'full') {
+    throw new BackupFatal('Domain is offline: a new backup chain needs a running domain (start it, or use -S to start it paused).');
+  }
+
+  // Step 12: feature check, only where a job or checkpoints are needed (D19).
+  const xml = await dom.xmlDesc(0);
+  const cfg = parseDomainXml(xml);
+  if (online && level !== 'copy' && libVersion < 7_006_000 && !cfg.incrementalBackupCapability) {
+    throw new BackupFatal('Virtual machine does not support required backup features, please adjust virtual machine configuration.');
+  }
+
+  // Step 13: foreign checkpoints (also for auto, after resolution: D7/D21).
+  if (level !== 'copy') {
+    const foreign = await findForeignCheckpoints(dom);
+    if (foreign.length > 0) {
+      log.critical(`Foreign checkpoint found: [${foreign[0]}]`);
+      log.critical('This checkpoint has not been created by this utility.');
+      log.critical('To ensure backup chain consistency, remove existing checkpoints and start a new backup chain by creating a full backup.');
+      return 1;
+    }
+  }
+
+  // Step 15: target rules; step 8: partial files (with recovery, §3.9).
+  if (zip === undefined) checkTargetRules(level, target, output, { startOnly: o.startOnly, killOnly: false });
+  let cpt = await readCptFile(cptPath);
+  if (isDelta(level) && zip === undefined) {
+    const state = await inspectInterruptedRun({ dom, outputDir: output, cpt, partialFiles: target.partials, log, checkpointDir });
+    if (state.kind === 'refuse') {
+      if (target.partials.length === 0) throw new BackupFatal(state.message);
+      throw new BackupFatal(`Partial backup found in target directory: [${output}]`, ['One of the last backups seems to have failed.', 'Consider re-executing full backup.', state.message]);
+    }
+    if (state.kind === 'recoverable') await recoverInterruptedRun({ dom, outputDir: output, state, log, unixTime });
+  }
+
+  // Step 16: raw disks are never part of inc/diff.
+  let includeRaw = o.raw;
+  if (o.raw && isDelta(level)) {
+    log.warn("Raw disks can't be included during incremental or differential backup.");
+    log.warn('Excluding raw disks.');
+    includeRaw = false;
+  }
+
+  // Step 18–20: disks.
+  warnTpm(cfg, log);
+  const sel = await selectDisks(cfg, { include: o.include, exclude: o.exclude, raw: includeRaw, libvirtVersion: libVersion }, log, (pool, vol) => conn.storageVolumePath(pool, vol));
+  let disks = sel.disks;
+  let errors = sel.errors;
+  if (isDelta(level)) disks = disks.filter((d) => d.qcow);
+  if (disks.length > 0 && disks.every((d) => !d.qcow) && level !== 'copy') {
+    log.info('Only raw disks attached, switching to backup mode copy.');
+    level = 'copy';
+  }
+  summary.level = level;
+
+  // Checkpoints (§3.3): plan; the full's deletion comes after every pre-flight check.
+  let parentLost = false;
+  if (online && level !== 'copy') {
+    const neededParent = isDelta(level) ? cpt[cpt.length - 1] : undefined;
+    await mkdir(checkpointDir, { recursive: true });
+    parentLost = (await redefineFromDirectory(dom, checkpointDir, log, { neededParent })).parentMissingBitmap;
+  }
+  const plan = await planCheckpoint({
+    level,
+    online,
+    cpt,
+    validateParent: async () => {
+      const parent = cpt[cpt.length - 1]!;
+      if (parentLost) return false; // D36: its bitmap is gone, redefineFromDirectory said so
+      try {
+        return await validateCheckpoint(await dom.checkpointLookupByName(parent), log);
+      } catch (e) {
+        log.warn(`Failed to validate checkpoint: [${(e as Error).message}]`);
+        return false;
+      }
+    },
+  });
+  if (plan.fallbackFull) log.warn(`Checkpoint [${cpt[cpt.length - 1]}] is invalid, switching backup to full.`);
+  const effLevel: BackupLevel = plan.level;
+  summary.level = effLevel;
+  const ident = identFor(effLevel, plan.name, online, unixTime);
+
+  const sink = zip !== undefined ? zipSink(zip) : directorySink(output);
+  if (disks.length === 0) {
+    await writeSideFiles(sink, { xml, cfg, disks, ident, copyRun: effLevel === 'copy', log, autostart: await dom.autostart(), guestInfo });
+    throw new BackupFatal('Unable to detect disks suitable for backup.');
+  }
+
+  // D39: every disk of an inc/diff must have a bitmap in the parent checkpoint.
+  if (online && isDelta(effLevel) && plan.parent !== '') {
+    const parentXml = await (await dom.checkpointLookupByName(plan.parent)).xmlDesc(0);
+    for (const d of disks) {
+      const re = new RegExp(`<disk\\s+name=['"]${d.dev}['"][^>]*checkpoint=['"]bitmap['"]`);
+      if (!re.test(parentXml)) {
+        throw new BackupFatal(`Disk [${d.dev}] has no bitmap in checkpoint [${plan.parent}] (added or excluded after the full backup): run a full backup, or exclude the disk with -x ${d.dev}.`);
+      }
+    }
+  }
+
+  // Step 21: block jobs.
+  if (online && (await hasActiveBackupJob(dom))) {
+    throw new BackupFatal(`Active block job for running domain: Check with [virsh domjobinfo ${o.domain}] or use option -k to kill the active job.`);
+  }
+
+  // Step 22: workers.
+  const workers = zip !== undefined ? 1 : Math.max(1, Math.min(o.worker ?? disks.length, disks.length));
+  log.info(`Concurrent backup processes: [${workers}]`);
+
+  // Step 25: -p / -T (before anything changes, D18).
+  if (o.printOnly || o.threshold !== undefined) {
+    if (online && isDelta(effLevel) && plan.parent !== '') {
+      const estimate = await estimateCheckpointSize(dom, plan.parent, disks, log);
+      if (o.printOnly) {
+        log.info(`Estimated checkpoint backup size: [${estimate}] Bytes`);
+        return 0;
+      }
+      if (o.threshold !== undefined && estimate < o.threshold) {
+        log.info(`Backup size [${estimate}] does not meet required threshold [${o.threshold}], skipping backup.`);
+        return 0;
+      }
+    } else if (o.threshold !== undefined && !o.printOnly) {
+      log.info('Threshold ignored: no size estimate exists for this level (copy/full) or a shut-off domain.');
+    }
+  }
+
+  // Step 24 (late, D28/§3.5): a full removes our old checkpoints.
+  if (online && effLevel === 'full' && !plan.fallbackFull && !o.printOnly) {
+    await deleteOurCheckpoints(dom, cpt, checkpointDir, log);
+    cpt = [];
+  }
+
+  // Step 27: the job, or qemu-nbd servers.
+  const qcowDevs = disks.filter((d) => d.qcow).map((d) => d.dev);
+  const createsCheckpoint = online && (effLevel === 'full' || effLevel === 'inc');
+  let createdCheckpoint: string | undefined;
+  let jobRunning = false;
+  const servers = new Map<string, OfflineServer>();
+  let succeeded = false;
+  const socketFile = resolve(o.socketFile);
+  if (online) {
+    const jobXml = backupXml({ socketFile, scratchDir: resolve(o.scratchDir), devs: disks.map((d) => d.dev), incremental: isDelta(effLevel) ? plan.parent : undefined });
+    const cpXml = createsCheckpoint ? checkpointXml(plan.name, plan.parent, qcowDevs) : null;
+    await mkdir(resolve(o.scratchDir), { recursive: true });
+    await startBackupJob(dom, { backupXml: jobXml, checkpointXml: cpXml, pause: o.pause && !o.startDomain, paused, freezeMountpoints: o.freezeMountpoints, libVersion, log });
+    jobRunning = true;
+    if (cpXml !== null) createdCheckpoint = plan.name;
+    if (o.startOnly) {
+      log.info(`Backup job started; NBD server on [${socketFile}]${createdCheckpoint !== undefined ? `, checkpoint [${createdCheckpoint}] created (not recorded in ${o.domain}.cpt)` : ''}.`);
+      return 0;
+    }
+    cleanups.push(async () => {
+      if (jobRunning) await stopBackupJob(dom, log);
+      jobRunning = false;
+      if (!succeeded && createdCheckpoint !== undefined) {
+        try {
+          await (await dom.checkpointLookupByName(createdCheckpoint)).delete();
+          log.info(`Removed checkpoint [${createdCheckpoint}] of the failed run: the next backup continues from [${plan.parent || 'a new full'}].`);
+        } catch (e) {
+          log.warn(`Failed to remove checkpoint [${createdCheckpoint}] of the failed run: ${(e as Error).message}`);
+        }
+      }
+    });
+  } else {
+    cleanups.push(async () => {
+      for (const s of servers.values()) await s.stop();
+    });
+  }
+
+  // Step 30: the disks.
+  const results: DiskBackupResult[] = [];
+  const queue = [...disks];
+  let failed = 0;
+  const worker = async (): Promise<void> => {
+    for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
+      if (env.signal.aborted) return;
+      const dlog = log.child(d.dev);
+      try {
+        let uri = `nbd+unix:///${d.dev}?socket=${socketFile}`;
+        let bitmap: string | undefined;
+        if (online) {
+          if (isDelta(effLevel)) bitmap = `backup-${d.dev}`;
+        } else {
+          const srv = await startOfflineServer(d, socketFile, isDelta(effLevel) && d.qcow ? plan.parent : undefined, dlog);
+          servers.set(d.dev, srv);
+          uri = srv.uri;
+          if (isDelta(effLevel)) bitmap = plan.parent;
+        }
+        const raw = !d.qcow || o.type === 'raw';
+        const res = await backupDisk({
+          disk: d,
+          uri,
+          level: effLevel,
+          bitmap,
+          dir: output,
+          fileName: dataFileName(d, level, effLevel, ident),
+          raw,
+          compress: raw ? false : o.compress,
+          checkpointName: online ? plan.name : isDelta(effLevel) ? plan.parent : plan.name,
+          parentCheckpoint: plan.parent,
+          incremental: isDelta(effLevel),
+          noSparseDetection: o.noSparseDetection,
+          useNbdinfo: o.useNbdinfo,
+          log: dlog,
+          progress: env.progress ? (total) => env.progress!(d.dev, total) : undefined,
+          signal: env.signal,
+          date: env.now,
+          zip,
+        });
+        results.push(res);
+        dlog.info(`Backup of disk [${d.dev}] finished: ${res.bytes} bytes [${humanSize(res.bytes)}] written to [${res.path}]`);
+      } catch (e) {
+        failed++;
+        dlog.error(`Backup of disk [${d.dev}] failed: ${(e as Error).message}`);
+      } finally {
+        await servers.get(d.dev)?.stop();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: workers }, () => worker()));
+  summary.files = results;
+  if (env.signal.aborted) throw new Error('interrupted by a signal; the backup job was aborted and nothing of this run was kept.');
+  if (failed > 0) {
+    errors += failed;
+    throw new Error(`${failed} of ${disks.length} disk(s) failed; ${createdCheckpoint !== undefined ? `checkpoint [${createdCheckpoint}] is removed and ` : ''}the completed files of this run are kept, the chain state (.cpt) is unchanged.`);
+  }
+
+  // Step 31–32: end the job, then side files and the chain state (D28).
+  if (jobRunning) {
+    await stopBackupJob(dom, log);
+    jobRunning = false;
+  }
+  const recordCheckpoint = async (): Promise<void> => {
+    if (createdCheckpoint === undefined) return;
+    await mkdir(checkpointDir, { recursive: true });
+    await saveCheckpointXml(dom, createdCheckpoint, checkpointDir);
+    await writeCptFile(cptPath, [...cpt, createdCheckpoint]);
+    log.info(`Checkpoint [${createdCheckpoint}] recorded in [${cptPath}].`);
+    if (zip !== undefined) await addChainStateToZip(zip, cptPath, checkpointDir);
+  };
+  await writeSideFiles(sink, { xml, cfg, disks, ident, copyRun: effLevel === 'copy', log, autostart: await dom.autostart(), guestInfo, afterVmconfig: recordCheckpoint });
+  succeeded = true;
+  summary.checkpoint = createdCheckpoint ?? null;
+
+  // Step 34: result.
+  summary.bytes = results.reduce((a, r) => a + r.bytes, 0);
+  summary.dataSize = results.reduce((a, r) => a + r.dataSize, 0);
+  if (errors > 0 || log.counts.errors > 0) {
+    log.error('Error during backup');
+    return 1;
+  }
+  if (o.strict && log.counts.warnings > 0) {
+    log.info(`[${log.counts.warnings}] Warnings detected during backup operation, forcing exit code 2`);
+    return 2;
+  }
+  return 0;
+}
+
+/** FORMAT.md §6.1. */
+function identFor(eff: BackupLevel, name: string, online: boolean, unixTime: number): string {
+  if (eff === 'copy') return 'copy';
+  // full (also a fallback full, whose files keep the requested inc/diff in their names) and online inc
+  if (eff === 'full' || (eff === 'inc' && online)) return name;
+  // diff, offline inc (D1: never the parent's name)
+  return String(unixTime);
+}
+
+/** FORMAT.md §6.2: the requested level stays in the name when the run fell back to full. */
+function dataFileName(d: BackupDisk, requested: BackupLevel, eff: BackupLevel, ident: string): string {
+  if (!d.qcow || requested === 'copy' || eff === 'copy') return `${d.dev}.copy.data`;
+  if (requested === 'full') return `${d.dev}.full.data`;
+  return `${d.dev}.${requested}.${ident}.data`;
+}
+
+interface SideFileArgs {
+  xml: string;
+  cfg: ReturnType<typeof parseDomainXml>;
+  disks: BackupDisk[];
+  ident: string;
+  copyRun: boolean;
+  log: Logger;
+  autostart: boolean;
+  guestInfo: Record<string, number | string | boolean> | undefined;
+  /** Runs right after vmconfig (zip entry order, FORMAT.md §7: the chain state comes next). */
+  afterVmconfig?: () => Promise<void>;
+}
+
+/** Side files in the order of FORMAT.md §7 (the same order is used for directories). */
+async function writeSideFiles(sink: SideFileSink, a: SideFileArgs): Promise<void> {
+  await writeVmconfig(sink, a.ident, a.xml);
+  await a.afterVmconfig?.();
+  await copyBootFiles(sink, a.cfg.bootFiles, a.copyRun ? null : a.ident, a.log);
+  await writeQcowInfo(sink, a.disks.filter((d) => d.qcow), a.ident, a.log);
+  if (a.autostart) await writeAutostart(sink, a.ident);
+  if (a.guestInfo !== undefined) await writeOsinfo(sink, a.ident, a.guestInfo);
+}
+
+/** Side files as zip entries (their mtime: the source file's, or now). */
+function zipSink(zip: ZipStreamWriter): SideFileSink {
+  return {
+    writeFile: (name, content, mtime) => zip.addFile(name, Buffer.isBuffer(content) ? content : Buffer.from(content, 'utf8'), mtime ?? new Date()),
+    copyFile: async (name, sourcePath) => {
+      const [content, st] = await Promise.all([readFile(sourcePath), statFile(sourcePath)]);
+      await zip.addFile(name, content, st.mtime);
+    },
+  };
+}
+
+/** FORMAT.md §7 item 3: `<domain>.cpt`, `checkpoints/`, every `checkpoints/<cpt>.xml` by number. */
+async function addChainStateToZip(zip: ZipStreamWriter, cptPath: string, checkpointDir: string): Promise<void> {
+  const now = new Date();
+  await zip.addFile(basename(cptPath), await readFile(cptPath), now);
+  await zip.addDirectory('checkpoints/', now);
+  const xmls = (await readdir(checkpointDir))
+    .map((n) => /^virtnbdbackup\.([0-9]+)\.xml$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .sort((a, b) => Number(a[1]) - Number(b[1]));
+  for (const m of xmls) {
+    const p = join(checkpointDir, m[0]);
+    await zip.addFile(`checkpoints/${m[0]}`, await readFile(p), (await statFile(p)).mtime);
+  }
+}
+
+/** §9: libvirt's size estimate of a checkpoint: the sum of its disks' `size` attributes. */
+async function estimateCheckpointSize(dom: VirtDomain, parent: string, disks: BackupDisk[], log: Logger): Promise<number> {
+  let xml: string;
+  try {
+    xml = await (await dom.checkpointLookupByName(parent)).xmlDesc(CHECKPOINT_XML.SIZE);
+  } catch (e) {
+    log.warn(`Failed to get checkpoint info with size information: [${(e as Error).message}]`);
+    return 0;
+  }
+  const devs = new Set(disks.map((d) => d.dev));
+  let sum = 0;
+  for (const m of xml.matchAll(/<disk\s+([^>]*)\/?>/g)) {
+    const attrs = m[1]!;
+    const name = /name=['"]([^'"]+)['"]/.exec(attrs)?.[1];
+    const size = /size=['"]([0-9]+)['"]/.exec(attrs)?.[1];
+    if (name !== undefined && size !== undefined && devs.has(name)) sum += Number(size);
+  }
+  return sum;
+}
+
+/** The target must be a directory (created with parents if missing). */
+export async function prepareTarget(dir: string): Promise<void> {
+  try {
+    const s = await stat(dir);
+    if (!s.isDirectory()) throw new BackupFatal("Can't open output file: [Specified target is a file, not a directory]");
+    return;
+  } catch (e) {
+    if (e instanceof BackupFatal) throw e;
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  await mkdir(dir, { recursive: true });
+}
+
+export type { TargetState };
