@@ -5,7 +5,7 @@
  * checkpoint XML (D28). Any failure after the job started aborts it, deletes the checkpoint the
  * run created and leaves the target as it was (§3.9).
  */
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { humanSize } from '../util/humanize.js';
@@ -205,13 +205,14 @@ async function backupSteps(
     }
   }
   if (!online && o.startOnly) throw new BackupFatal('Domain is offline: must be active for this function.');
+  if (!online && o.level === 'auto' && level === 'full') {
+    // D7: the original wrote a checkpoint-less "full" here, which no later auto run could extend.
+    throw new BackupFatal('Domain is offline: a new backup chain needs a running domain (start it, or use -S to start it paused).');
+  }
   if (!online && level === 'full') {
     log.warn('Domain is offline, resetting backup options.');
     log.warn('New Backup level: [copy].');
     level = 'copy';
-  }
-  if (!online && o.level === 'auto' && level === 'full') {
-    throw new BackupFatal('Domain is offline: a new backup chain needs a running domain (start it, or use -S to start it paused).');
   }
 
   // Step 12: feature check, only where a job or checkpoints are needed (D19).
@@ -379,6 +380,16 @@ async function backupSteps(
 
   // Step 30: the disks.
   const results: DiskBackupResult[] = [];
+  // §3.9: a run that fails leaves the target as it was: the files of disks that did complete are
+  // removed too (the chain state was not advanced, so nothing refers to them).
+  cleanups.push(async () => {
+    if (succeeded || zip !== undefined) return;
+    for (const r of results) {
+      await rm(r.path, { force: true });
+      await rm(`${r.path}.chksum`, { force: true });
+      log.info(`Removed [${r.path}] of the failed run.`);
+    }
+  });
   const queue = [...disks];
   let failed = 0;
   const worker = async (): Promise<void> => {
@@ -432,7 +443,10 @@ async function backupSteps(
   if (env.signal.aborted) throw new Error('interrupted by a signal; the backup job was aborted and nothing of this run was kept.');
   if (failed > 0) {
     errors += failed;
-    throw new Error(`${failed} of ${disks.length} disk(s) failed; ${createdCheckpoint !== undefined ? `checkpoint [${createdCheckpoint}] is removed and ` : ''}the completed files of this run are kept, the chain state (.cpt) is unchanged.`);
+    throw new Error(
+      `${failed} of ${disks.length} disk(s) failed; ${createdCheckpoint !== undefined ? `checkpoint [${createdCheckpoint}] is removed, ` : ''}` +
+        `the files of this run are removed and the chain state (.cpt) is unchanged: the next run continues from where this one started.`,
+    );
   }
 
   // Step 31–32: end the job, then side files and the chain state (D28).

@@ -173,3 +173,62 @@ test('every backup point of the scenario chain maps to the disk content at that 
   }
   expect(new Set(points.map((p) => p.vda)).size).toBe(points.length);
 });
+
+test('-T above the estimate skips the inc (exit 0, no data file, chain unchanged)', async () => {
+  await vm.write('sda', 3 * MiB, 64 * 1024, 0x37);
+  const before = dataFiles();
+  const r = await backup(['-l', 'inc', '-T', String(2 ** 40)]);
+  expectCode(r, 0);
+  expect(r.stderr).toMatch(/does not meet required threshold \[1099511627776\], skipping backup\./);
+  expect(dataFiles()).toEqual(before);
+  expect(cpt()).toHaveLength(5);
+});
+
+test('SIGTERM mid-run: exit 1, job aborted, its checkpoint removed, no partial file; the next inc (no sparse detection) still has every change', async () => {
+  await vm.write('vda', 64 * MiB, 150 * MiB, 0x38);
+  const cptBefore = cpt();
+  const namesBefore = (await vm.dom.checkpointNames()).sort();
+  const filesBefore = dataFiles();
+  const child = execa(BIN, args(['-l', 'inc', '-z']), { reject: false, stdin: 'ignore', all: true });
+  const partial = join(dir, `vda.inc.virtnbdbackup.${cptBefore.length}.data.partial`);
+  const deadline = Date.now() + 120_000;
+  while (!existsSync(partial) && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 2));
+  expect(existsSync(partial)).toBe(true);
+  child.kill('SIGTERM');
+  const res = await child;
+  expect([res.exitCode, res.all]).toEqual([1, expect.stringMatching(/Signal caught: SIGTERM/)]);
+  expect((await vm.dom.jobInfo()).type).toBe(0); // JOB_TYPE.NONE: the job was aborted
+  expect((await vm.dom.checkpointNames()).sort()).toEqual(namesBefore);
+  expect(cpt()).toEqual(cptBefore);
+  expect(dataFiles()).toEqual(filesBefore);
+
+  const r = await backup(['-l', 'inc', '--no-sparse-detection']);
+  expectCode(r, 0);
+  const inc = indexSaveset(join(dir, `vda.inc.virtnbdbackup.${cptBefore.length}.data`));
+  expect(inc.metadata.dataSize).toBeGreaterThanOrEqual(150 * MiB);
+  expect(inc.frames.every((f) => f.kind === 'data')).toBe(true);
+  expect((await chainSha(dir, 'vda')).sha).toBe(vm.shadowSha('vda'));
+  expect((await chainSha(dir, 'sda')).sha).toBe(vm.shadowSha('sda'));
+});
+
+test('-s leaves the job and its NBD export running for other tools; -k ends it', async () => {
+  const sock = join(vm.dir, 'startonly.sock');
+  const r = await execa(BIN, ['-d', vm.name, '--nocolor', '-l', 'copy', '-o', join(vm.dir, 'startonly'), '-s', '--socketfile', sock, '--scratchdir', vm.dir], { reject: false });
+  expectCode({ code: r.exitCode, stderr: r.stderr }, 0);
+  expect((await vm.dom.jobInfo()).type).not.toBe(0);
+  const size = await execa('nbdinfo', ['--size', `nbd+unix:///sda?socket=${sock}`]);
+  expect(Number(size.stdout.trim())).toBe(32 * MiB);
+  const k = await backup(['-k']);
+  expectCode(k, 0);
+  expect((await vm.dom.jobInfo()).type).toBe(0);
+});
+
+test('-t raw copy of one disk (-i): a plain image equal to the disk; other disks left out', async () => {
+  const out = join(vm.dir, 'rawcopy');
+  const r = await execa(BIN, ['-d', vm.name, '--nocolor', '-l', 'copy', '-t', 'raw', '-i', 'sda', '-o', out, '--socketfile', join(vm.dir, 'raw.sock'), '--scratchdir', vm.dir], { reject: false });
+  expectCode({ code: r.exitCode, stderr: r.stderr }, 0);
+  expect(readdirSync(out).filter((n) => n.includes('.data')).sort()).toEqual(['sda.copy.data']);
+  const { fileSha } = await import('../helpers/map-sha.js');
+  expect(await fileSha(join(out, 'sda.copy.data'))).toBe(vm.shadowSha('sda'));
+  expect(statSync(join(out, 'sda.copy.data')).size).toBe(32 * MiB);
+});
