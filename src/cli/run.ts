@@ -16,10 +16,11 @@ export function parseOrExit(spec: CommandSpec, argv: readonly string[]): Parsed 
   process.exit(r.code);
 }
 
-export function commandLogger(component: string, v: Record<string, unknown>, logFile: string | undefined): Logger {
+export function commandLogger(component: string, v: Record<string, unknown>, logFile: string | undefined, writeStderr?: (text: string) => void): Logger {
   return createLogger({
     component,
     logFile,
+    writeStderr,
     stderr: v.quiet !== true,
     color: v.nocolor !== true && process.stderr.isTTY === true,
     verbose: v.verbose === true,

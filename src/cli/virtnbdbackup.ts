@@ -60,9 +60,12 @@ if (zipMode) {
 }
 const logName = `backup.${level}.${logStamp(started)}.log`;
 const logPath = join(logDir, logName);
+// Progress bars on a terminal; log records are written above them.
+const progressOn = v.noprogress !== true && v.quiet !== true && process.stderr.isTTY === true;
+const progress = createProgress({ enabled: progressOn, stream: process.stderr });
 let log;
 try {
-  log = commandLogger('virtnbdbackup', v, logPath);
+  log = commandLogger('virtnbdbackup', v, logPath, (text) => progress.log(() => void process.stderr.write(text)));
 } catch (e) {
   process.stderr.write(`Unable to open log file [${logPath}]: ${(e as Error).message}\n`);
   process.exit(1);
@@ -107,8 +110,6 @@ const onSignal = (sig: NodeJS.Signals): void => {
 for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, onSignal);
 
 const zip = zipMode ? new ZipStreamWriter(process.stdout, { endOutput: false }) : undefined;
-const progressOn = v.noprogress !== true && v.quiet !== true && process.stderr.isTTY === true;
-const progress = createProgress({ enabled: progressOn, stream: process.stderr });
 const summary = await runBackup(opts, {
   log,
   signal: ac.signal,
