@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "fslock.h"
+#include "lz4.h"
 #include "nbd.h"
 #include "virt.h"
 
@@ -12,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   virtnbd::InitNbd(env, exports);
   virtnbd::InitVirt(env, exports);
   virtnbd::InitFsLock(env, exports);
+  virtnbd::InitLz4(env, exports);
   return exports;
 }
 

@@ -11,6 +11,7 @@ PKGS=(
   libvirt-daemon-system libvirt-clients libvirt-dev
   liblz4-dev pkg-config build-essential python3
   e2fsprogs fuse3                      # demo: mkfs.ext4 -d, debugfs; nbdfuse
+  time                                 # /usr/bin/time -v: peak RSS in bench/backup.ts
   virtnbdbackup                        # the original tool (1.9.15), for compatibility tests
 )
 

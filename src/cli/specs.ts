@@ -147,7 +147,7 @@ export function virtnbdbackupSpec(env: SpecEnv = currentSpecEnv()): CommandSpec 
       help: 'Do not show progress bars' },
     { short: '-z', long: '--compress', kind: 'optionalInt', const: 2, metavar: 'LEVEL', defaultText: 'off; bare -z = 2',
       original: true, group: g,
-      help: 'Compress the saved data with LZ4. The LEVEL is recorded in the metadata but does not change the output (lz4-napi has no compression levels)' },
+      help: 'Compress the saved data with LZ4 at LEVEL: 0-2 fast mode, 3-12 LZ4-HC (higher is recorded as given, compressed as 12)' },
     { short: '-w', long: '--worker', kind: 'int', metavar: 'N', defaultText: 'number of disks', original: true, group: g,
       help: 'Number of disks backed up in parallel (< 1 → 1, more than disks → disks, zip output → 1)' },
     { short: '-F', long: '--freeze-mountpoint', kind: 'string', metavar: 'MP[,MP...]', defaultText: 'all',

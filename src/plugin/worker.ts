@@ -19,7 +19,7 @@ const MAX_COUNT = 64 * 1024 * 1024;
 const MAX_USIZE = 256 * 1024 * 1024;
 const MAX_MSG = 64 * 1024;
 
-/** lz4.decodeLz4FrameAsync: the synchronous decoder of lz4-napi 2.10 leaks every decoded frame. */
+/** lz4.decodeLz4FrameAsync (liblz4 on the libuv pool: decoding does not block the request loop). */
 type DecodeLz4Frame = (frame: Buffer, expectedSize: number, file: string, offset: number) => Promise<Buffer>;
 
 const sleeper = new Int32Array(new SharedArrayBuffer(4));

@@ -1,12 +1,13 @@
 /**
  * LZ4 frames of compressed data payloads (FORMAT.md §3.2, §9 check 15).
  *
- * Compression and decompression are done by lz4-napi; this module adds what the format requires
- * around it: the content-size field on write, and on read a strict header check, a walk over the
- * block structure (exact frame end, no trailing bytes, a bound on the decoded size before
- * anything is decoded) and the decoded-size checks.
+ * Compression and decompression are done by liblz4 through the native addon (native/lz4.cc says
+ * why not lz4-napi, which only the tests still use, as an independent encoder); this module adds
+ * what the format requires around it: on read a strict header check, a walk over the block
+ * structure (exact frame end, no trailing bytes, a bound on the decoded size before anything is
+ * decoded) and the decoded-size checks.
  */
-import { compressFrame, compressFrameSync, decompressFrame, decompressFrameSync } from 'lz4-napi';
+import { loadNative } from '../nbd/native.js';
 import { xxh32 } from '@node-rs/xxhash';
 import { SavesetFormatError } from './types.js';
 
@@ -42,35 +43,24 @@ export interface Lz4FrameHeader {
 
 const headerChecksum = (desc: Buffer): number => (xxh32(desc, 0) >>> 8) & 0xff;
 
-/** Insert the content-size field into a frame lz4-napi wrote for `size` input bytes. */
-function withContentSize(f: Buffer, size: number): Buffer {
-  if (f.length < 7 || f.readUInt32LE(0) !== MAGIC) throw new Error('lz4-napi produced no LZ4 frame');
-  const flg = f[4]!;
-  if ((flg & (FLG_BLOCK_CHECKSUM | FLG_CONTENT_CHECKSUM)) !== (FLG_BLOCK_CHECKSUM | FLG_CONTENT_CHECKSUM) || flg & FLG_DICT_ID) {
-    throw new Error(`lz4-napi produced an unexpected frame descriptor (FLG 0x${flg.toString(16)})`);
-  }
-  if (flg & FLG_CONTENT_SIZE) return f; // already complete
-  // magic FLG BD | content size (8) | HC | blocks… ; the old HC is at f[6]
-  const out = Buffer.allocUnsafe(f.length + 8);
-  f.copy(out, 0, 0, 6);
-  out[4] = flg | FLG_CONTENT_SIZE;
-  out.writeBigUInt64LE(BigInt(size), 6);
-  out[14] = headerChecksum(out.subarray(4, 14));
-  f.copy(out, 15, 7);
-  return out;
-}
-
 /**
- * Compress one chunk into one complete LZ4 frame with 64 KiB blocks, block checksums, content
- * checksum and — added here, since lz4-napi does not write it — the content-size field.
+ * Compress one chunk into one complete LZ4 frame (FORMAT.md §3.2: 64 KiB blocks, block
+ * checksums, content size, content checksum) at `level` (0–2 fast, ≥ 3 HC) with liblz4 through
+ * the native addon (lz4-napi's compressors never free their output: native/lz4.cc).
  */
-export function compressChunk(data: Buffer): Buffer {
-  return withContentSize(compressFrameSync(data, { contentChecksum: true, blockChecksums: true }), data.length);
+export function compressChunk(data: Buffer, level = 2): Buffer {
+  const n = lz4Native();
+  const dst = Buffer.allocUnsafe(n.lz4CompressBound(data.length));
+  return dst.subarray(0, n.lz4CompressFrame(data, dst, Math.max(0, level)));
 }
 
 /** compressChunk() on the libuv thread pool. `data` must not change until the promise settles. */
-export async function compressChunkAsync(data: Buffer): Promise<Buffer> {
-  return withContentSize(await compressFrame(data, { contentChecksum: true, blockChecksums: true }), data.length);
+export async function compressChunkAsync(data: Buffer, level = 2): Promise<Buffer> {
+  const n = lz4Native();
+  const dst = Buffer.allocUnsafe(n.lz4CompressBound(data.length));
+  const len = await n.lz4CompressFrameAsync(data, dst, Math.max(0, level));
+  // a copy of the exact size, so that the ~32 MiB bound allocation is not kept alive by a slice
+  return len > dst.length - (dst.length >> 4) ? dst.subarray(0, len) : Buffer.from(dst.subarray(0, len));
 }
 
 /**
@@ -138,7 +128,7 @@ function walkBlocks(frame: Buffer, h: Lz4FrameHeader, file: string, offset: numb
 }
 
 /** Everything that can be checked before decoding; returns the check to run on the decoded bytes. */
-function checkBeforeDecode(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): (decode: () => Buffer) => Buffer {
+function checkBeforeDecode(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): { size: number; finish: (decode: () => Buffer) => Buffer } {
   const h = parseLz4FrameHeader(frame, file, offset);
   const bad = (reason: string): SavesetFormatError => new SavesetFormatError(file, offset, `corrupt LZ4 frame: ${reason}`);
   if (exact !== undefined && h.contentSize !== undefined && h.contentSize !== exact) {
@@ -153,7 +143,8 @@ function checkBeforeDecode(frame: Buffer, file: string, offset: number, exact: n
   if (bound > (exact ?? max) + Math.max(DECODE_SLACK, h.blockMaxSize)) {
     throw bad(`blocks could decode to more than ${exact ?? max} bytes`);
   }
-  return (decode) => {
+  const size = exact ?? h.contentSize ?? max;
+  const finish = (decode: () => Buffer): Buffer => {
     let out: Buffer;
     try {
       out = decode();
@@ -167,10 +158,29 @@ function checkBeforeDecode(frame: Buffer, file: string, offset: number, exact: n
     }
     return out;
   };
+  return { size, finish };
+}
+
+interface Lz4Native {
+  lz4DecodeFrame(src: Buffer, dst: Buffer): number;
+  lz4DecodeFrameAsync(src: Buffer, dst: Buffer): Promise<number>;
+  lz4CompressBound(length: number): number;
+  lz4CompressFrame(src: Buffer, dst: Buffer, level: number): number;
+  lz4CompressFrameAsync(src: Buffer, dst: Buffer, level: number): Promise<number>;
+}
+
+/** liblz4 through the native addon (native/lz4.cc: why not lz4-napi's decoders). */
+function lz4Native(): Lz4Native {
+  return loadNative() as unknown as Lz4Native;
 }
 
 function decodeChecked(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): Buffer {
-  return checkBeforeDecode(frame, file, offset, exact, max)(() => decompressFrameSync(frame));
+  const { size, finish } = checkBeforeDecode(frame, file, offset, exact, max);
+  return finish(() => {
+    const dst = Buffer.allocUnsafe(size);
+    const n = lz4Native().lz4DecodeFrame(frame, dst);
+    return n === size ? dst : dst.subarray(0, n);
+  });
 }
 
 /**
@@ -182,18 +192,17 @@ export function decodeLz4Frame(frame: Buffer, expectedSize: number, file: string
 }
 
 /**
- * decodeLz4Frame on the libuv thread pool (lz4-napi's async decoder), with the same checks.
- * Long-running code (the plugin worker) must use this one: lz4-napi 2.10's synchronous
- * decompressFrameSync (and compressFrameSync) never free their output buffer
- * (antoniomuso/lz4-napi#678): a worker decoding frames with it grows by every decoded byte,
- * until page faults and memory pressure stall it for seconds and its requests time out.
+ * decodeLz4Frame on the libuv thread pool, with the same checks (liblz4 via the native addon:
+ * lz4-napi 2.10's decoders, sync and async, never free their output, see native/lz4.cc).
  */
 export async function decodeLz4FrameAsync(frame: Buffer, expectedSize: number, file: string, offset: number): Promise<Buffer> {
-  const finish = checkBeforeDecode(frame, file, offset, expectedSize, expectedSize);
+  const { size, finish } = checkBeforeDecode(frame, file, offset, expectedSize, expectedSize);
   let decoded: Buffer | undefined;
   let failure: unknown;
   try {
-    decoded = await decompressFrame(frame);
+    const dst = Buffer.allocUnsafe(size);
+    const n = await lz4Native().lz4DecodeFrameAsync(frame, dst);
+    decoded = n === size ? dst : dst.subarray(0, n);
   } catch (e) {
     failure = e;
   }

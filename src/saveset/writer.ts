@@ -262,7 +262,7 @@ export class SavesetWriter {
   }
 
   private async emitChunk(data: Buffer): Promise<void> {
-    const frame = await compressChunkAsync(data);
+    const frame = await compressChunkAsync(data, this.meta.compressed === false ? 2 : this.meta.compressed);
     this.cur!.csizes.push(frame.length);
     await this.emit(frame);
   }

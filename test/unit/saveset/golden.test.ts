@@ -128,7 +128,7 @@ describe('FORMAT.md §8 worked example', () => {
       ['data', 0, 16], ['zero', 16, 0x7f0], ['data', 0x800, 8], ['zero', 0x808, 0x7f8]]);
   });
 
-  test('§8.2 with today\'s lz4-napi even the bytes match (stored blocks): 693 bytes, .chksum 4019954303', async () => {
+  test('§8.2 with today\'s liblz4 even the bytes match (stored blocks): 693 bytes, .chksum 4019954303', async () => {
     // Not a format guarantee (FORMAT.md §3.2): LZ4 bytes may differ across implementations.
     const p = join(t.dir, 'sda.full.data.z2');
     const r = await writeToy(p, 2);

@@ -157,3 +157,18 @@ describe('decodeLz4Frame', () => {
     expect(decodeLz4FrameUnsized(noSize, 64 << 20, 'f', 0).length).toBe(64 << 20);
   });
 });
+
+test('compression levels: ≥ 3 is LZ4-HC (smaller on text), every level decodes; frames as the original writes them (FLG 0x5C, BD 0x40)', async () => {
+  const { compressChunk, compressChunkAsync, decodeLz4Frame } = await import('../../../src/saveset/lz4.js');
+  const words = ['backup', 'checkpoint', 'extent', 'frame', 'virtual', 'machine', 'disk', 'bitmap'];
+  let text = '';
+  for (let i = 0; text.length < 600_000; i++) text += `${words[(i * 7) % 8]} ${words[(i * 3) % 5]} ${i % 97} `;
+  const data = Buffer.from(text);
+  const fast = compressChunk(data, 2);
+  const hc = await compressChunkAsync(data, 9);
+  expect(hc.length).toBeLessThan(fast.length);
+  for (const f of [fast, hc, compressChunk(data, 0), compressChunk(data, 16)]) {
+    expect([f[4], f[5]]).toEqual([0x5c, 0x40]);
+    expect(decodeLz4Frame(f, data.length, 'mem', 0).equals(data)).toBe(true);
+  }
+});
