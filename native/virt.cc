@@ -335,6 +335,7 @@ class VirtDomain : public Napi::ObjectWrap<VirtDomain> {
                            InstanceMethod<&VirtDomain::IsActive>("isActive"),
                            InstanceMethod<&VirtDomain::GetXMLDesc>("getXMLDesc"),
                            InstanceMethod<&VirtDomain::GetAutostart>("getAutostart"),
+                           InstanceMethod<&VirtDomain::SetAutostart>("setAutostart"),
                            InstanceMethod<&VirtDomain::Create>("create"),
                            InstanceMethod<&VirtDomain::Destroy>("destroy"),
                            InstanceMethod<&VirtDomain::Undefine>("undefine"),
@@ -432,6 +433,17 @@ class VirtDomain : public Napi::ObjectWrap<VirtDomain> {
       int a = 0;
       if (virDomainGetAutostart(d.get(), &a) < 0) ThrowLast("virDomainGetAutostart");
       return Bool(a != 0);
+    });
+  }
+
+  // setAutostart(flag: boolean): Promise<void>
+  Napi::Value SetAutostart(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "flag must be a boolean");
+    const int flag = info[0].As<Napi::Boolean>().Value() ? 1 : 0;
+    DomP d = dom_;
+    return Job::Run(info.Env(), "virDomainSetAutostart", [d, flag]() {
+      if (virDomainSetAutostart(d.get(), flag) < 0) ThrowLast("virDomainSetAutostart");
+      return Undef();
     });
   }
 
@@ -605,6 +617,8 @@ class VirtConnect : public Napi::ObjectWrap<VirtConnect> {
                            InstanceMethod<&VirtConnect::GetLibVersion>("getLibVersion"),
                            InstanceMethod<&VirtConnect::GetHostname>("getHostname"),
                            InstanceMethod<&VirtConnect::StorageVolumePath>("storageVolumePath"),
+                           InstanceMethod<&VirtConnect::ListStoragePools>("listStoragePools"),
+                           InstanceMethod<&VirtConnect::RefreshStoragePool>("refreshStoragePool"),
                            InstanceMethod<&VirtConnect::LookupDomainByName>("lookupDomainByName"),
                            InstanceMethod<&VirtConnect::LookupDomainByUUIDString>("lookupDomainByUUIDString"),
                            InstanceMethod<&VirtConnect::DefineDomainXML>("defineDomainXML"),
@@ -698,6 +712,81 @@ class VirtConnect : public Napi::ObjectWrap<VirtConnect> {
       virStorageVolFree(v);
       virStoragePoolFree(p);
       return Str(TakeString(path));
+    });
+  }
+
+  // listStoragePools(): Promise<Array<{name: string, active: boolean, xml: string}>> (the XML is
+  // virStoragePoolGetXMLDesc with flags 0; its target path is read on the JS side)
+  Napi::Value ListStoragePools(const Napi::CallbackInfo& info) {
+    ConnP c = Conn(info);
+    return Job::Run(info.Env(), "virConnectListAllStoragePools", [c]() -> Build {
+      struct Pool {
+        std::string name, xml;
+        bool active = false;
+      };
+      virStoragePoolPtr* pools = nullptr;
+      const int n = virConnectListAllStoragePools(c.get(), &pools, 0);
+      if (n < 0) ThrowLast("virConnectListAllStoragePools");
+      std::vector<Pool> out;
+      VirtErr saved;
+      bool failed = false;
+      for (int i = 0; i < n; i++) {
+        if (!failed) {
+          Pool p;
+          const char* name = virStoragePoolGetName(pools[i]);
+          p.name = name != nullptr ? name : "";
+          const int active = virStoragePoolIsActive(pools[i]);
+          char* xml = active < 0 ? nullptr : virStoragePoolGetXMLDesc(pools[i], 0);
+          if (xml == nullptr) {
+            try {
+              ThrowLast(active < 0 ? "virStoragePoolIsActive" : "virStoragePoolGetXMLDesc");
+            } catch (const VirtErr& e) {
+              saved = e;
+            }
+            failed = true;
+          } else {
+            p.active = active == 1;
+            p.xml = TakeString(xml);
+            out.push_back(std::move(p));
+          }
+        }
+        virStoragePoolFree(pools[i]);
+      }
+      free(pools);
+      if (failed) throw saved;
+      return [out = std::move(out)](Napi::Env env) -> Napi::Value {
+        Napi::Array a = Napi::Array::New(env, out.size());
+        for (size_t i = 0; i < out.size(); i++) {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("name", Napi::String::New(env, out[i].name));
+          o.Set("active", Napi::Boolean::New(env, out[i].active));
+          o.Set("xml", Napi::String::New(env, out[i].xml));
+          a.Set(static_cast<uint32_t>(i), o);
+        }
+        return a;
+      };
+    });
+  }
+
+  // refreshStoragePool(name): Promise<void> (virStoragePoolRefresh of an active pool)
+  Napi::Value RefreshStoragePool(const Napi::CallbackInfo& info) {
+    ConnP c = Conn(info);
+    std::string name = StrArg(info, 0, "name");
+    return Job::Run(info.Env(), "virStoragePoolRefresh", [c, name]() {
+      virStoragePoolPtr p = virStoragePoolLookupByName(c.get(), name.c_str());
+      if (p == nullptr) ThrowLast("virStoragePoolLookupByName");
+      if (virStoragePoolRefresh(p, 0) < 0) {
+        VirtErr saved;
+        try {
+          ThrowLast("virStoragePoolRefresh");
+        } catch (const VirtErr& e) {
+          saved = e;
+        }
+        virStoragePoolFree(p);
+        throw saved;
+      }
+      virStoragePoolFree(p);
+      return Undef();
     });
   }
 

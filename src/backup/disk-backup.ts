@@ -17,7 +17,7 @@ import { RawImageWriter } from './raw-writer.js';
 import type { BackupDisk, BackupLevel } from './types.js';
 
 /** Read size per NBD request; in-flight bytes per disk (the memory budget for reads). */
-const PIECE = 4 << 20;
+const PIECE = 2 << 20;
 const WINDOW_BYTES = 32 << 20;
 /** Connection attempts: first at once, then with back-off, ~20 s in all (BEHAVIOUR §6.2, P7). */
 const CONNECT_BUDGET_MS = 20_000;
@@ -123,35 +123,42 @@ interface Sink {
 async function transfer(client: NbdClient, plan: ExtentPlan, sink: Sink, onBytes: (n: number) => void, signal?: AbortSignal): Promise<void> {
   const piece = Math.min(PIECE, client.maxRequest());
   const ops = operations(plan, piece);
-  const queue: Array<{ op: Op; read?: Promise<Buffer> }> = [];
-  let inflight = 0;
+  // A fixed pool of read buffers (no allocation per piece): a buffer is reused once the sink
+  // has consumed it (the writers copy or finish writing before their promise settles).
+  const free: Buffer[] = Array.from({ length: Math.max(2, Math.ceil(WINDOW_BYTES / piece)) }, () => Buffer.allocUnsafe(piece));
+  const queue: Array<{ op: Op; buf?: Buffer; read?: Promise<Buffer> }> = [];
   let exhausted = false;
+  let pending: Op | undefined;
   const fill = (): void => {
-    while (!exhausted && (inflight < WINDOW_BYTES || queue.length === 0)) {
-      const n = ops.next();
-      if (n.done === true) {
+    while (!exhausted) {
+      const op = pending ?? ops.next().value;
+      pending = undefined;
+      if (op === undefined) {
         exhausted = true;
         return;
       }
-      const op = n.value;
       if (op.kind === 'piece') {
-        inflight += op.length;
-        const read = client.pread(op.length, op.offset);
+        const buf = free.pop();
+        if (buf === undefined) {
+          pending = op;
+          return;
+        }
+        const read = client.preadInto(buf.subarray(0, op.length), op.offset);
         read.catch(() => undefined); // awaited in order below
-        queue.push({ op, read });
+        queue.push({ op, buf, read });
       } else queue.push({ op });
     }
   };
   fill();
   while (queue.length > 0) {
     if (signal?.aborted === true) throw new Error('backup interrupted');
-    const { op, read } = queue.shift()!;
+    const { op, buf, read } = queue.shift()!;
     if (op.kind === 'zero') await sink.zero(op.e);
     else if (op.kind === 'begin') await sink.begin(op.e);
     else {
-      const buf = await read!;
-      await sink.piece(buf, op.offset, op.last);
-      inflight -= op.length;
+      const data = await read!;
+      await sink.piece(data, op.offset, op.last);
+      free.push(buf!);
       onBytes(op.length);
     }
     fill();

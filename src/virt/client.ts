@@ -1,9 +1,12 @@
 /**
- * libvirt client over the native binding (native/virt.cc): connections, domains, checkpoints
- * and pull-mode backup jobs. Every call that talks to libvirtd runs off the event loop and
- * returns a promise; everything it throws or rejects with is a VirtError.
+ * libvirt client over the native binding (native/virt.cc): connections, domains, checkpoints,
+ * pull-mode backup jobs, and the storage pool listing/refresh a restore needs. Every call that
+ * talks to libvirtd runs off the event loop and returns a promise; everything it throws or
+ * rejects with is a VirtError.
  * This module is the only user of the addon's libvirt part.
  */
+import { XMLParser } from 'fast-xml-parser';
+import { decodeXmlEntities } from '../backup/domain-xml.js';
 import { loadVirtNative, type NativeTypedParams, type NativeVirtCheckpoint, type NativeVirtConnect, type NativeVirtDomain } from './native.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -138,6 +141,27 @@ export interface OpenOptions {
   password?: string;
 }
 
+/** A storage pool as listStoragePools() reports it. */
+export interface StoragePoolInfo {
+  name: string;
+  active: boolean;
+  /** `<target><path>` of the pool's XML; undefined for pools without one (e.g. rbd). */
+  targetPath?: string;
+}
+
+const POOL_XML_PARSER = new XMLParser({ ignoreAttributes: true, parseTagValue: false, processEntities: false, trimValues: true });
+
+/** `pool/target/path` of a storage pool XML (entities decoded), undefined when absent or unparsable. */
+function poolTargetPath(xml: string): string | undefined {
+  try {
+    const doc = POOL_XML_PARSER.parse(xml) as { pool?: { target?: { path?: unknown } } };
+    const p = doc.pool?.target?.path;
+    return typeof p === 'string' && p !== '' ? decodeXmlEntities(p) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export class VirtConnection {
   private constructor(
     private readonly h: NativeVirtConnect,
@@ -174,6 +198,20 @@ export class VirtConnection {
   /** Path of storage volume `volume` of pool `pool` (disk type='volume'). */
   storageVolumePath(pool: string, volume: string): Promise<string> {
     return nat(() => this.h.storageVolumePath(pool, volume));
+  }
+
+  /** Every storage pool (active or not) with its target path. */
+  async storagePools(): Promise<StoragePoolInfo[]> {
+    const list = await nat(() => this.h.listStoragePools());
+    return list.map((p) => {
+      const targetPath = poolTargetPath(p.xml);
+      return targetPath !== undefined ? { name: p.name, active: p.active, targetPath } : { name: p.name, active: p.active };
+    });
+  }
+
+  /** Rescans the volumes of active storage pool `name`. */
+  refreshStoragePool(name: string): Promise<void> {
+    return nat(() => this.h.refreshStoragePool(name));
   }
 
   /** Rejects with code VIR_ERR.NO_DOMAIN when there is no such domain. */
@@ -233,6 +271,11 @@ export class VirtDomain {
 
   autostart(): Promise<boolean> {
     return nat(() => this.h.getAutostart());
+  }
+
+  /** Marks (true) or unmarks the persistent domain for starting with libvirtd. */
+  setAutostart(flag: boolean): Promise<void> {
+    return nat(() => this.h.setAutostart(flag));
   }
 
   /** Starts a defined domain (flags: DOMAIN_START, e.g. PAUSED, AUTODESTROY). */

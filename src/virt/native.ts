@@ -23,6 +23,7 @@ export interface NativeVirtDomain {
   isActive(): Promise<boolean>;
   getXMLDesc(flags?: number): Promise<string>;
   getAutostart(): Promise<boolean>;
+  setAutostart(flag: boolean): Promise<void>;
   create(flags?: number): Promise<void>;
   destroy(flags?: number): Promise<void>;
   undefine(flags?: number): Promise<void>;
@@ -47,6 +48,9 @@ export interface NativeVirtConnect {
   getLibVersion(): Promise<number>;
   getHostname(): Promise<string>;
   storageVolumePath(pool: string, volume: string): Promise<string>;
+  /** Every storage pool with its XML description (flags 0). */
+  listStoragePools(): Promise<Array<{ name: string; active: boolean; xml: string }>>;
+  refreshStoragePool(name: string): Promise<void>;
   lookupDomainByName(name: string): Promise<NativeVirtDomain>;
   lookupDomainByUUIDString(uuid: string): Promise<NativeVirtDomain>;
   defineDomainXML(xml: string, flags?: number): Promise<NativeVirtDomain>;

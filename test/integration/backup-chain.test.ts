@@ -6,7 +6,7 @@
  * with our plugin and its SHA-256 compared with the shadow at that point; copy backups likewise.
  * Builds nothing: dist/, the addon and the plugin must exist.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { jest } from '@jest/globals';
@@ -25,6 +25,8 @@ const MiB = 1024 * 1024;
 const KiB = 1024;
 
 let vm: TestVm;
+/** Backup points of each chain (by label), for the restore tests below. */
+const chainPoints = new Map<string, Point[]>();
 
 beforeAll(async () => {
   for (const p of [join(ROOT, 'dist', 'src', 'cli', 'virtnbdbackup.js'), join(ROOT, 'build', 'Release', 'virtnbd_native.node')]) {
@@ -135,6 +137,7 @@ describe.each([
 
   test('every point maps to the disk content at that point', async () => {
     points = await runChain(dir(), extra, base);
+    chainPoints.set(label, points);
     await checkPoints(dir(), points);
     // the shadow really changed between points (a test that cannot fail is a defect)
     expect(new Set(points.map((p) => p.shas.vda)).size).toBe(points.length);
@@ -281,4 +284,94 @@ const ORIGINAL_RESTORE = '/usr/bin/virtnbdrestore';
       expect(await fileSha(join(out, 'vda.raw'))).toBe(want);
     }
   });
+});
+
+const RESTORE = join(ROOT, 'bin', 'virtnbdrestore');
+
+async function restoreCli(args: string[]): Promise<{ code: number | undefined; stdout: string; stderr: string }> {
+  const r = await execa(RESTORE, ['--nocolor', '-n', '-L', join(vm.dir, 'restore.log'), ...args], { reject: false, stdin: 'ignore', timeout: 300_000 });
+  return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+}
+
+async function rawSha(image: string): Promise<string> {
+  const raw = `${image}.raw`;
+  await execa('qemu-img', ['convert', '-O', 'raw', image, raw]);
+  const sha = await fileSha(raw);
+  rmSync(raw, { force: true });
+  return sha;
+}
+
+describe.each([['uncompressed'], ['LZ4']])('virtnbdrestore of our %s chain', (label) => {
+  test('every point, all disks: restored images equal the disk at that point; thin; dump and verify pass', async () => {
+    const dir = join(vm.dir, `chain-${label}`);
+    const points = chainPoints.get(label);
+    expect(points).toBeDefined();
+    for (const [i, p] of points!.entries()) {
+      const out = join(vm.dir, `restore-${label}-${i}`);
+      const diffPoint = p.until.startsWith('vda.');
+      const r = await restoreCli(['-i', dir, '-o', out, '--until', p.until, '--json', ...(diffPoint ? ['-d', 'vda'] : [])]);
+      if (r.code !== 0) throw new Error(`virtnbdrestore exited ${r.code}:\n${r.stderr}`);
+      const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as { disks: Array<{ path: string; dataBytes: number; allocatedBytes: number }> };
+      for (const dev of diffPoint ? ['vda'] : ['vda', 'sda']) {
+        const image = join(out, `${dev}.qcow2`);
+        expect([p.until, dev, await rawSha(image)]).toEqual([p.until, dev, p.shas[dev]]);
+        // thin: the image occupies its data plus qcow2 metadata, never the zero or unallocated ranges
+        const d = summary.disks.find((x) => x.path === image);
+        expect(d).toBeDefined();
+        expect(d!.allocatedBytes).toBeLessThanOrEqual(d!.dataBytes + 2 * MiB);
+      }
+      rmSync(out, { recursive: true, force: true });
+    }
+    const v = await restoreCli(['-i', dir, '-o', 'verify']);
+    expect(v.code).toBe(0);
+    const d = await restoreCli(['-i', dir, '-o', 'dump', '-d', 'vda']);
+    expect(d.code).toBe(0);
+    const entries = JSON.parse(d.stdout) as Array<{ diskName: string }>;
+    expect(entries.length).toBe(points!.length);
+    expect(entries.every((e) => e.diskName === 'vda')).toBe(true);
+  });
+});
+
+test('damage: a flipped byte in a data file is reported by verify (exit 1, file named) and its restore fails cleanly', async () => {
+  const src = join(vm.dir, 'chain-LZ4');
+  const dir = join(vm.dir, 'damaged');
+  mkdirSync(dir);
+  for (const n of readdirSync(src)) if (!n.startsWith('backup.') && n !== 'checkpoints') copyFileSync(join(src, n), join(dir, n));
+  const victim = join(dir, 'vda.inc.virtnbdbackup.1.data');
+  const idx = indexSaveset(victim);
+  const frame = idx.frames.find((f) => f.kind === 'data' && f.payloadSize > 64);
+  expect(frame).toBeDefined();
+  const off = (frame as { payloadOffset: number; payloadSize: number }).payloadOffset + 40;
+  const buf = readFileSync(victim);
+  buf[off] = buf[off]! ^ 0x10;
+  writeFileSync(victim, buf);
+  const v = await restoreCli(['-i', dir, '-o', 'verify']);
+  expect(v.code).toBe(1);
+  expect(v.stderr).toMatch(/vda\.inc\.virtnbdbackup\.1\.data/);
+  const out = join(vm.dir, 'damaged-out');
+  const r = await restoreCli(['-i', dir, '-o', out, '-d', 'vda']);
+  expect(r.code).toBe(1);
+  expect(r.stderr).toMatch(/vda\.inc\.virtnbdbackup\.1\.data/);
+  expect(existsSync(out) ? readdirSync(out).filter((n) => n.includes('qcow2')) : []).toEqual([]);
+});
+
+test('restore -c -D: the defined domain starts and its disks are the restored images', async () => {
+  const dir = join(vm.dir, 'chain-uncompressed');
+  const out = join(vm.dir, 'restore-define');
+  const name = `${vm.name}-r`;
+  const r = await restoreCli(['-i', dir, '-o', out, '-c', '-D', '--name', name]);
+  if (r.code !== 0) throw new Error(`virtnbdrestore -cD exited ${r.code}:\n${r.stderr}`);
+  const dom = await vm.conn.lookupByName(name);
+  try {
+    chmodSync(out, 0o777);
+    for (const n of readdirSync(out)) chmodSync(join(out, n), 0o666);
+    await dom.create();
+    const xml = await dom.xmlDesc(0);
+    const sources = [...xml.matchAll(/<source file='([^']+)'/g)].map((m) => m[1]).sort();
+    expect(sources).toEqual([join(out, 'sda.qcow2'), join(out, 'vda.qcow2')]);
+    expect(xml).not.toContain(vm.dir + '/vda.qcow2');
+  } finally {
+    await dom.destroy().catch(() => undefined);
+    await dom.undefine(2 | 16).catch(() => undefined);
+  }
 });

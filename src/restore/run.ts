@@ -1,0 +1,234 @@
+/**
+ * One virtnbdrestore run (BEHAVIOUR.md §11): dump, verify, or restore — select the point, take its
+ * vmconfig, restore every disk (resolved chain copied sparsely into a new image written under a
+ * temporary name), then the configuration (`-c` adjusted or verbatim), boot files, pool refresh
+ * and `-D` define. Any failed disk makes the run exit 1; no half image is left under a final name.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import type { Logger } from '../log/logger.js';
+import { humanSize } from '../util/humanize.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
+import { VirtConnection } from '../virt/client.js';
+import { ChainError } from '../chain/index.js';
+import { dumpSet, formatDump } from './dump.js';
+import { verifySet } from './verify.js';
+import { RestoreInputError } from './dump-files.js';
+import { selectPointFiles, requireVmconfig, NoVmconfigError, type SelectedPoint } from './point.js';
+import { restoreDisk, type RestoreDiskResult } from './restore-disk.js';
+import { adjustConfig, restoredDiskList } from './adjust-config.js';
+import { restoreBootFiles } from './boot-files.js';
+import { defineRestored, refreshPoolFor } from './define.js';
+import { isPlainName } from './target-image.js';
+
+export interface RestoreOptions {
+  action: 'dump' | 'verify' | 'restore';
+  input: string;
+  output: string;
+  until?: string;
+  sequence?: string[];
+  disk?: string;
+  socketFile?: string;
+  raw: boolean;
+  adjustConfig: boolean;
+  define: boolean;
+  configFile: string;
+  name?: string;
+  bufferSize: number;
+  preallocate: boolean;
+  uri: string;
+  user?: string;
+  password?: string;
+  json: boolean;
+}
+
+export interface RestoreEnv {
+  log: Logger;
+  /** stdout (metadata per applied file, dump JSON, --json results). */
+  out: (text: string) => void;
+  progress?: (label: string, total: number) => { update(done: number): void; done(): void };
+  signal: AbortSignal;
+}
+
+export interface RestoreSummary {
+  exitCode: number;
+  disks: RestoreDiskResult[];
+  seconds: number;
+}
+
+const msg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+export async function runRestore(o: RestoreOptions, env: RestoreEnv): Promise<RestoreSummary> {
+  const started = Date.now();
+  const log = env.log;
+  const summary: RestoreSummary = { exitCode: 1, disks: [], seconds: 0 };
+  const input = resolve(o.input);
+  try {
+    if (!existsSync(input)) throw new RestoreInputError(`Backup source [${o.input}] does not exist.`);
+    if (o.action === 'dump') {
+      const r = await dumpSet(input, { disk: o.disk, sequence: o.sequence }, log);
+      env.out(`${formatDump(r.entries)}\n`);
+      summary.exitCode = 0;
+    } else if (o.action === 'verify') {
+      const r = await verifySet(input, { disk: o.disk, sequence: o.sequence, bufferSize: o.bufferSize }, log);
+      log.info(`Verified: ${r.ok} ok, ${r.failed} failed, ${r.skipped} without a checksum to compare.`);
+      if (o.json) env.out(`${JSON.stringify(r)}\n`);
+      summary.exitCode = r.failed > 0 ? 1 : 0;
+    } else {
+      summary.exitCode = await restoreAll(o, env, input, summary);
+    }
+  } catch (e) {
+    if (e instanceof RestoreInputError || e instanceof ChainError || e instanceof NoVmconfigError) log.error(e.message);
+    else {
+      log.error(`Error during restore: ${msg(e)}`);
+      log.debug((e as Error).stack ?? '');
+    }
+    summary.exitCode = 1;
+  }
+  summary.seconds = (Date.now() - started) / 1000;
+  return summary;
+}
+
+async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, summary: RestoreSummary): Promise<number> {
+  const log = env.log;
+  const output = resolve(o.output);
+  let adjust = o.adjustConfig || o.define;
+  let define = o.define;
+  if (o.sequence !== undefined) {
+    log.info('Using manual specified sequence of files.');
+    if (adjust || define) log.info('Disabling redefine and config adjust options.');
+    adjust = false;
+    define = false;
+  }
+  if (readdirSync(input).every((n) => !/\.data$/.test(n))) throw new RestoreInputError(`No data files found in directory: [${o.input}]`);
+
+  // The point (and its vmconfig) from the selected or first disk's chain.
+  const point: SelectedPoint = selectPointFiles(input, o.disk, o.until, { sequence: o.sequence });
+  let disks: Array<{ dev: string; target: string; format?: string }>;
+  let vmconfigXml: string | undefined;
+  if (o.sequence !== undefined) {
+    disks = [{ dev: point.dev, target: point.dev }];
+    if (point.vmconfig) vmconfigXml = await readFile(point.vmconfig.path, 'utf8');
+  } else {
+    const vm = requireVmconfig(point, input);
+    if (!vm.exact) log.warn(`No vmconfig of point [${point.ident}]; using the one of the earlier point [${vm.ident}].`);
+    vmconfigXml = await readFile(vm.path, 'utf8');
+    const list = await restoredDiskList(vmconfigXml, { disk: o.disk, raw: o.raw, outputDir: output }, log);
+    const have = new Set(readdirSync(input).filter((n) => n.endsWith('.data')).map((n) => n.split('.')[0]));
+    disks = [];
+    for (const d of list) {
+      if (!have.has(d.dev)) {
+        log.warn(`No backup file for disk [${d.dev}] found, assuming it has been excluded.`);
+        continue;
+      }
+      const base = d.path !== '' ? basename(d.path) : d.dev;
+      let target = base;
+      if (!isPlainName(base)) {
+        log.warn(`Image name [${base}] of disk [${d.dev}] is not a plain file name; restoring to [${d.dev}].`);
+        target = d.dev;
+      }
+      disks.push({ dev: d.dev, target, format: d.format !== '' ? d.format : undefined });
+    }
+    if (disks.length === 0) throw new RestoreInputError('Unable to parse disks from config');
+  }
+  await mkdir(output, { recursive: true });
+
+  // The disks, in parallel (P5); each is its own image.
+  let failed = 0;
+  const results = await Promise.all(
+    disks.map(async (d) => {
+      const dlog = log.child(d.dev);
+      let idents: string[] = [];
+      let qcowJson: string | undefined;
+      try {
+        const p = o.sequence !== undefined ? point : selectPointFiles(input, d.dev, o.until);
+        idents = p.idents;
+        qcowJson = p.qcowJson?.path;
+        if (p.qcowJson === undefined && d.format !== 'raw') dlog.warn(`No QCOW image config found in [${o.input}], will use default options.`);
+        const bar = env.progress?.(d.dev, 0);
+        const r = await restoreDisk({
+          input,
+          output,
+          dev: d.dev,
+          until: o.until,
+          sequence: o.sequence,
+          targetName: d.target,
+          format: d.format,
+          qcowJson,
+          preallocate: o.preallocate,
+          raw: o.raw,
+          log: dlog,
+          signal: env.signal,
+          socket: o.socketFile !== undefined ? `${o.socketFile}.${d.dev}` : undefined,
+          printMeta: (json) => env.out(`${json}\n`),
+          progress: (done) => bar?.update(done),
+        });
+        bar?.done();
+        dlog.info(
+          `Restored disk [${d.dev}] to [${r.path}]: ${humanSize(r.dataBytes)} of data written, image occupies ${humanSize(r.allocatedBytes)} ` +
+            `(virtual ${humanSize(r.virtualSize)}), ${r.seconds.toFixed(1)} s, ${humanSize(r.seconds > 0 ? r.dataBytes / r.seconds : 0)}/s`,
+        );
+        return { d, r, idents };
+      } catch (e) {
+        failed++;
+        dlog.error(`Restore of disk [${d.dev}] failed: ${msg(e)}`);
+        return undefined;
+      }
+    }),
+  );
+  for (const x of results) if (x !== undefined) summary.disks.push(x.r);
+  if (failed > 0) {
+    log.error(`${failed} of ${disks.length} disk(s) failed; their images were removed.`);
+    return 1;
+  }
+
+  // Configuration, boot files, pool, define (§11.7, §11.8).
+  let errors = 0;
+  if (vmconfigXml !== undefined && o.sequence === undefined) {
+    const configPath = join(output, basename(o.configFile));
+    let xml = vmconfigXml;
+    if (adjust) {
+      const restored = new Map<string, string>();
+      for (const x of results) if (x !== undefined) restored.set(x.d.dev, x.r.path);
+      xml = adjustConfig(vmconfigXml, { restored, keepRaw: o.raw, name: o.name, outputDir: output }, log);
+    }
+    await writeFileAtomic(configPath, xml, { replace: false });
+    log.info(`Saved ${adjust ? 'adjusted' : 'original'} domain config to [${configPath}]${adjust ? '' : ': adjust it manually before defining the domain'}.`);
+    if (!define) log.info(`Use 'virsh -c ${o.uri} define ${configPath}' to define VM`);
+    const idents = results.find((x) => x !== undefined)?.idents ?? [point.ident];
+    const ident = idents[0] === 'copy' ? null : idents[0]!;
+    await restoreBootFiles(input, vmconfigXml, ident, log, { earlierIdents: idents.slice(1) });
+
+    let conn: VirtConnection | undefined;
+    try {
+      conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
+    } catch (e) {
+      if (define) {
+        log.error(`Unable to connect libvirt: [${msg(e)}]: cannot define VM`);
+        return 1;
+      }
+      log.warn(`Unable to connect libvirt: [${msg(e)}]: storage pools not refreshed.`);
+    }
+    if (conn !== undefined) {
+      try {
+        await refreshPoolFor(conn, output, log);
+        if (define) {
+          const autostart = readdirSync(input).some((n) => n.startsWith('autostart.'));
+          const dom = await defineRestored(conn, xml, { autostart }, log);
+          log.info(`Defined domain [${dom.name}].`);
+        }
+      } catch (e) {
+        log.error(msg(e));
+        errors++;
+      } finally {
+        await conn.close().catch(() => undefined);
+      }
+    }
+  }
+  const total = summary.disks.reduce((a, r) => a + r.dataBytes, 0);
+  const alloc = summary.disks.reduce((a, r) => a + r.allocatedBytes, 0);
+  log.info(`Restore of ${summary.disks.length} disk(s) finished: ${humanSize(total)} of data written, images occupy ${humanSize(alloc)}.`);
+  if (o.json) env.out(`${JSON.stringify({ disks: summary.disks })}\n`);
+  return errors > 0 || log.counts.errors > 0 ? 1 : 0;
+}
