@@ -39,6 +39,7 @@ import { createLogger } from '../src/log/logger.js';
 import { compressChunkAsync } from '../src/saveset/lz4.js';
 import { packageRoot } from '../src/util/package-root.js';
 import { BenchVm } from './bench-vm.js';
+import { median, prng, table } from './bench-util.js';
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes('--quick');
@@ -76,28 +77,6 @@ function log(msg: string): void {
   process.stderr.write(`[backup ${((performance.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${msg}\n`);
 }
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function table(head: string[], rows: string[][]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : (c ?? '').padStart(w[i]!))).join('  ');
-  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
-}
 
 const fmt = (n: number, d = 0): string => n.toFixed(d);
 const human = (n: number): string => (n >= GiB ? `${n / GiB} GiB` : n >= MiB ? `${n / MiB} MiB` : `${n / KiB} KiB`);

@@ -30,6 +30,7 @@ import { writeImageFile } from '../src/devtools/image-chain.js';
 import { startServer, tail, type Server } from '../src/map/nbdkit.js';
 import { NbdClient } from '../src/nbd/client.js';
 import { packageRoot } from '../src/util/package-root.js';
+import { median, prng, table } from './bench-util.js';
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes('--quick');
@@ -59,28 +60,6 @@ function log(msg: string): void {
   process.stderr.write(`[map-read] ${msg}\n`);
 }
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function table(head: string[], rows: string[][]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
-  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
-}
 
 const fmt = (n: number, d = 0): string => n.toFixed(d);
 const human = (n: number): string => (n >= GiB ? `${n / GiB} GiB` : n >= MiB ? `${n / MiB} MiB` : `${n / KiB} KiB`);
