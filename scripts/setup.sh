@@ -12,6 +12,7 @@ PKGS=(
   liblz4-dev pkg-config build-essential python3
   e2fsprogs fuse3                      # demo: mkfs.ext4 -d, debugfs; nbdfuse
   time                                 # /usr/bin/time -v: peak RSS in bench/backup.ts
+  openssl                              # test certificates for the NBD TLS test
   virtnbdbackup                        # the original tool (1.9.15), for compatibility tests
 )
 

@@ -294,3 +294,36 @@ describe('errors and lifecycle', () => {
     expect((err as NbdError).code).toBe('ENOTCONN');
   });
 });
+
+test('TLS: nbds:// with X.509 certificates reads the export; a plain connection to a TLS-only server is refused', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'virtnbd-tls-'));
+  const child: { p?: ChildProcess } = {};
+  try {
+    const ssl = (...args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=virtnbd test CA');
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server-key.pem', '-out', 'server.csr', '-subj', '/CN=localhost');
+    writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n');
+    ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', 'server-cert.pem', '-days', '2', '-extfile', 'ext.cnf');
+    const data = Buffer.alloc(1 << 20);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
+    writeFileSync(join(dir, 'disk.img'), data);
+    const port = 20000 + (process.pid % 20000);
+    child.p = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), '--tls=require', `--tls-certificates=${dir}`, 'file', join(dir, 'disk.img')], { stdio: 'ignore' });
+    let c: NbdClient | undefined;
+    for (let i = 0; i < 100 && c === undefined; i++) {
+      try {
+        c = await NbdClient.connect(`nbds://localhost:${port}/`, { tls: 'require', tlsCertificates: dir });
+      } catch (e) {
+        if (i === 99) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    expect(c!.size()).toBe(data.length);
+    expect((await c!.pread(data.length, 0)).equals(data)).toBe(true);
+    await c!.close();
+    await expect(NbdClient.connect(`nbd://localhost:${port}/`, { tls: 'disable' })).rejects.toThrow(/handshake|TLS/i);
+  } finally {
+    child.p?.kill('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
