@@ -14,6 +14,7 @@ import { humanSize } from '../util/humanize.js';
 import type { Logger } from '../log/logger.js';
 import { clientExtentSource, dirtyBitmapContext, nbdinfoExtentSource, planExtents, type ExtentPlan, type PlannedExtent } from './extents.js';
 import { RawImageWriter } from './raw-writer.js';
+import type { ProgressBar } from './progress.js';
 import type { BackupDisk, BackupLevel } from './types.js';
 
 /** Read size per NBD request; in-flight bytes per disk (the memory budget for reads). */
@@ -22,10 +23,7 @@ const WINDOW_BYTES = 32 << 20;
 /** Connection attempts: first at once, then with back-off, ~20 s in all (BEHAVIOUR §6.2, P7). */
 const CONNECT_BUDGET_MS = 20_000;
 
-export interface ProgressBar {
-  update(done: number): void;
-  done(): void;
-}
+export type { ProgressBar };
 
 export interface DiskBackupOptions {
   disk: BackupDisk;

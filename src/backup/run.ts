@@ -5,7 +5,7 @@
  * checkpoint XML (D28). Any failure after the job started aborts it, deletes the checkpoint the
  * run created and leaves the target as it was (§3.9).
  */
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { humanSize } from '../util/humanize.js';
@@ -13,10 +13,9 @@ import { VirtConnection, VirtError, VIR_ERR, DOMAIN_START, CHECKPOINT_XML, type 
 import { backupDisk, type DiskBackupResult, type ProgressBar } from './disk-backup.js';
 import { backupXml, hasActiveBackupJob, startBackupJob, stopBackupJob } from './job.js';
 import { startOfflineServer, type OfflineServer } from './offline-server.js';
-import { BackupFatal, checkTargetRules, inspectTarget, rejectCombinations, resolveAuto, type TargetState } from './target-dir.js';
+import { BackupFatal, checkTargetRules, inspectTarget, rejectCombinations, resolveAuto } from './target-dir.js';
 import { lockTarget, type TargetLock } from './target-lock.js';
 import type { ZipStreamWriter } from '../zip/index.js';
-import { readFile, readdir, stat as statFile } from 'node:fs/promises';
 import type { BackupDisk, BackupLevel, RequestedLevel } from './types.js';
 import { parseDomainXml } from './domain-xml.js';
 import { selectDisks, warnTpm } from './disk-selection.js';
@@ -103,8 +102,6 @@ export async function runBackup(o: BackupOptions, env: RunEnv): Promise<BackupSu
     if (e instanceof BackupFatal || e instanceof CheckpointError) {
       log.error(e.message);
       for (const line of e instanceof BackupFatal ? e.extraLines : []) log.error(line);
-    } else if (env.signal.aborted) {
-      log.error(`Error during backup: ${(e as Error).message}`);
     } else {
       log.error(`Error during backup: ${(e as Error).message}`);
       log.debug((e as Error).stack ?? '');
@@ -524,7 +521,7 @@ function zipSink(zip: ZipStreamWriter): SideFileSink {
   return {
     writeFile: (name, content, mtime) => zip.addFile(name, Buffer.isBuffer(content) ? content : Buffer.from(content, 'utf8'), mtime ?? new Date()),
     copyFile: async (name, sourcePath) => {
-      const [content, st] = await Promise.all([readFile(sourcePath), statFile(sourcePath)]);
+      const [content, st] = await Promise.all([readFile(sourcePath), stat(sourcePath)]);
       await zip.addFile(name, content, st.mtime);
     },
   };
@@ -541,7 +538,7 @@ async function addChainStateToZip(zip: ZipStreamWriter, cptPath: string, checkpo
     .sort((a, b) => Number(a[1]) - Number(b[1]));
   for (const m of xmls) {
     const p = join(checkpointDir, m[0]);
-    await zip.addFile(`checkpoints/${m[0]}`, await readFile(p), (await statFile(p)).mtime);
+    await zip.addFile(`checkpoints/${m[0]}`, await readFile(p), (await stat(p)).mtime);
   }
 }
 
@@ -578,4 +575,3 @@ export async function prepareTarget(dir: string): Promise<void> {
   await mkdir(dir, { recursive: true });
 }
 
-export type { TargetState };

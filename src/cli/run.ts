@@ -27,3 +27,17 @@ export function commandLogger(component: string, v: Record<string, unknown>, log
     syslog: v.syslog === true,
   });
 }
+
+/** The command line for the log, with --password's value replaced (D31). */
+export function redactedArgs(argv: readonly string[]): string {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--password' || (a.length > 3 && '--password'.startsWith(a) && a.startsWith('--pa'))) {
+      out.push(a, '***');
+      i++;
+    } else if (a.startsWith('--password=') || /^--pa[a-z]*=/.test(a)) out.push(`${a.slice(0, a.indexOf('='))}=***`);
+    else out.push(a);
+  }
+  return out.join(' ');
+}

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ZipStreamWriter } from '../zip/index.js';
 import { virtnbdbackupSpec } from './specs.js';
-import { parseOrExit, commandLogger } from './run.js';
+import { parseOrExit, commandLogger, redactedArgs } from './run.js';
 import { packageVersion } from './version.js';
 import { prepareTarget, runBackup, type BackupOptions } from '../backup/run.js';
 import { BackupFatal } from '../backup/target-dir.js';
@@ -21,20 +21,6 @@ const { values: v, given } = parseOrExit(virtnbdbackupSpec(), process.argv.slice
 const pad = (n: number): string => String(n).padStart(2, '0');
 function logStamp(d: Date): string {
   return `${pad(d.getMonth() + 1)}${pad(d.getDate())}${d.getFullYear()}${pad(d.getHours())}${pad(d.getMinutes())}${pad(d.getSeconds())}`;
-}
-
-/** The command line for the log, with --password's value replaced (D31). */
-function redactedArgs(argv: readonly string[]): string {
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--password' || (a.length > 3 && '--password'.startsWith(a) && a.startsWith('--pa'))) {
-      out.push(a, '***');
-      i++;
-    } else if (a.startsWith('--password=') || /^--pa[a-z]*=/.test(a)) out.push(`${a.slice(0, a.indexOf('='))}=***`);
-    else out.push(a);
-  }
-  return out.join(' ');
 }
 
 const output = v.output as string;

@@ -4,7 +4,7 @@
  * applied files, dump output and --json results on stdout; exit 0 / 1 / 2 as CLI.md §3.3.
  */
 import { virtnbdrestoreSpec } from './specs.js';
-import { parseOrExit, commandLogger } from './run.js';
+import { parseOrExit, commandLogger, redactedArgs } from './run.js';
 import { packageVersion } from './version.js';
 import { runRestore, type RestoreOptions } from '../restore/run.js';
 import { createProgress } from '../backup/progress.js';
@@ -22,10 +22,7 @@ try {
   process.stderr.write(`Unable to open log file [${String(v.logfile)}]: ${(e as Error).message}\n`);
   process.exit(1);
 }
-const argv = process.argv.slice(1);
-const pw = argv.findIndex((a) => a === '--password');
-if (pw >= 0 && pw + 1 < argv.length) argv[pw + 1] = '***';
-log.info(`Version: ${packageVersion()} Arguments: ${argv.map((a) => (a.startsWith('--password=') ? '--password=***' : a)).join(' ')}`);
+log.info(`Version: ${packageVersion()} Arguments: ${redactedArgs(process.argv.slice(1))}`);
 
 const ac = new AbortController();
 const onSignal = (sig: NodeJS.Signals): void => {

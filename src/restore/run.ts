@@ -21,6 +21,7 @@ import { adjustConfig, restoredDiskList } from './adjust-config.js';
 import { restoreBootFiles } from './boot-files.js';
 import { defineRestored, refreshPoolFor } from './define.js';
 import { isPlainName } from './target-image.js';
+import type { ProgressBar } from '../backup/progress.js';
 
 export interface RestoreOptions {
   action: 'dump' | 'verify' | 'restore';
@@ -47,7 +48,7 @@ export interface RestoreEnv {
   log: Logger;
   /** stdout (metadata per applied file, dump JSON, --json results). */
   out: (text: string) => void;
-  progress?: (label: string, total: number) => { update(done: number): void; done(): void };
+  progress?: (label: string, total: number) => ProgressBar;
   signal: AbortSignal;
 }
 
