@@ -1,16 +1,6 @@
-/** Small helpers shared by the benchmark scripts: a seeded PRNG, medians, plain-text tables. */
+/** Small helpers shared by the benchmark scripts: the seeded PRNG (src/devtools/prng.ts), medians, plain-text tables. */
 
-/** mulberry32: a small seeded PRNG in [0, 1) (reproducible test data). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../src/devtools/prng.js';
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -23,6 +23,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -352,6 +353,11 @@ class VirtDomain : public Napi::ObjectWrap<VirtDomain> {
                            InstanceMethod<&VirtDomain::FSThaw>("fsThaw"),
                            InstanceMethod<&VirtDomain::GetGuestInfo>("getGuestInfo"),
                            InstanceMethod<&VirtDomain::QemuMonitorCommand>("qemuMonitorCommand"),
+                           InstanceMethod<&VirtDomain::QemuAgentCommand>("qemuAgentCommand"),
+                           InstanceMethod<&VirtDomain::Shutdown>("shutdown"),
+                           InstanceMethod<&VirtDomain::BlockCopy>("blockCopy"),
+                           InstanceMethod<&VirtDomain::GetBlockJobInfo>("getBlockJobInfo"),
+                           InstanceMethod<&VirtDomain::BlockJobAbort>("blockJobAbort"),
                        });
   }
 
@@ -456,6 +462,57 @@ class VirtDomain : public Napi::ObjectWrap<VirtDomain> {
   Napi::Value Undefine(const Napi::CallbackInfo& info) {
     return FlagsCall<virDomainUndefineFlags>(info, "virDomainUndefineFlags");
   }
+  Napi::Value Shutdown(const Napi::CallbackInfo& info) {
+    return FlagsCall<virDomainShutdownFlags>(info, "virDomainShutdownFlags");
+  }
+
+  // blockCopy(disk: string, destXml: string, flags?): Promise<void> (no typed parameters)
+  Napi::Value BlockCopy(const Napi::CallbackInfo& info) {
+    std::string disk = StrArg(info, 0, "disk");
+    std::string dest = StrArg(info, 1, "destXml");
+    const unsigned int flags = FlagsArg(info, 2);
+    DomP d = dom_;
+    return Job::Run(info.Env(), "virDomainBlockCopy", [d, disk, dest, flags]() {
+      if (virDomainBlockCopy(d.get(), disk.c_str(), dest.c_str(), nullptr, 0, flags) < 0) ThrowLast("virDomainBlockCopy");
+      return Undef();
+    });
+  }
+
+  // getBlockJobInfo(disk: string): Promise<null | {type, cur, end, bandwidth}> (null: no job)
+  Napi::Value GetBlockJobInfo(const Napi::CallbackInfo& info) {
+    std::string disk = StrArg(info, 0, "disk");
+    DomP d = dom_;
+    return Job::Run(info.Env(), "virDomainGetBlockJobInfo", [d, disk]() -> Build {
+      virDomainBlockJobInfo ji;
+      std::memset(&ji, 0, sizeof ji);
+      const int r = virDomainGetBlockJobInfo(d.get(), disk.c_str(), &ji, 0);
+      if (r < 0) ThrowLast("virDomainGetBlockJobInfo");
+      if (r == 0) return [](Napi::Env env) -> Napi::Value { return env.Null(); };
+      const int type = ji.type;
+      const double cur = static_cast<double>(ji.cur), end = static_cast<double>(ji.end);
+      const double bw = static_cast<double>(ji.bandwidth);
+      return [type, cur, end, bw](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("type", Napi::Number::New(env, type));
+        o.Set("cur", Napi::Number::New(env, cur));
+        o.Set("end", Napi::Number::New(env, end));
+        o.Set("bandwidth", Napi::Number::New(env, bw));
+        return o;
+      };
+    });
+  }
+
+  // blockJobAbort(disk: string, flags?): Promise<void> (flags: ASYNC 1, PIVOT 2)
+  Napi::Value BlockJobAbort(const Napi::CallbackInfo& info) {
+    std::string disk = StrArg(info, 0, "disk");
+    const unsigned int flags = FlagsArg(info, 1);
+    DomP d = dom_;
+    return Job::Run(info.Env(), "virDomainBlockJobAbort", [d, disk, flags]() {
+      if (virDomainBlockJobAbort(d.get(), disk.c_str(), flags) < 0) ThrowLast("virDomainBlockJobAbort");
+      return Undef();
+    });
+  }
+
   Napi::Value Suspend(const Napi::CallbackInfo& info) { return PlainCall<virDomainSuspend>(info, "virDomainSuspend"); }
   Napi::Value Resume(const Napi::CallbackInfo& info) { return PlainCall<virDomainResume>(info, "virDomainResume"); }
   Napi::Value AbortJob(const Napi::CallbackInfo& info) {
@@ -592,6 +649,27 @@ class VirtDomain : public Napi::ObjectWrap<VirtDomain> {
       if (virDomainQemuMonitorCommand(d.get(), cmd.c_str(), &result, flags) < 0) {
         ThrowLast("virDomainQemuMonitorCommand");
       }
+      return Str(TakeString(result));
+    });
+  }
+
+  // qemuAgentCommand(cmd, timeoutSeconds, flags?): Promise<string> (the agent's JSON reply).
+  // timeoutSeconds: > 0 seconds, or libvirt's -2 (default), -1 (block), 0 (no wait).
+  Napi::Value QemuAgentCommand(const Napi::CallbackInfo& info) {
+    std::string cmd = StrArg(info, 0, "cmd");
+    if (info.Length() <= 1 || !info[1].IsNumber()) {
+      throw Napi::TypeError::New(info.Env(), "timeoutSeconds must be a number");
+    }
+    const double tv = info[1].As<Napi::Number>().DoubleValue();
+    if (!(tv >= -2 && tv <= 2147483647.0) || tv != static_cast<double>(static_cast<int>(tv))) {
+      throw Napi::RangeError::New(info.Env(), "timeoutSeconds must be an integer >= -2");
+    }
+    const int timeout = static_cast<int>(tv);
+    const unsigned int flags = FlagsArg(info, 2);
+    DomP d = dom_;
+    return Job::Run(info.Env(), "virDomainQemuAgentCommand", [d, cmd, timeout, flags]() {
+      char* result = virDomainQemuAgentCommand(d.get(), cmd.c_str(), timeout, flags);
+      if (result == nullptr) ThrowLast("virDomainQemuAgentCommand");
       return Str(TakeString(result));
     });
   }

@@ -14,6 +14,9 @@ PKGS=(
   time                                 # /usr/bin/time -v: peak RSS in bench/backup.ts
   openssl                              # test certificates for the NBD TLS test
   virtnbdbackup                        # the original tool (1.9.15), for compatibility tests
+  openssh-server openssh-client        # remote mode tests: sshd on 127.0.0.1
+  linux-image-amd64 busybox-static     # boot tests: a tiny guest (Debian kernel + initrd, busybox root)
+  fdisk util-linux                     # --mount: partition tables, losetup
 )
 
 missing=()

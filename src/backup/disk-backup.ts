@@ -45,6 +45,8 @@ export interface DiskBackupOptions {
   /** -q: extents from `nbdinfo --map`. */
   useNbdinfo: boolean;
   tls?: boolean;
+  /** x509 directory for the TLS client (remote mode with --tls). */
+  tlsCertificates?: string;
   log: Logger;
   progress?: (total: number) => ProgressBar;
   signal?: AbortSignal;
@@ -76,12 +78,16 @@ async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** Connects to the export, retrying while the server is not there yet. */
-export async function connectWithRetry(uri: string, contexts: string[], log: Logger, signal?: AbortSignal, tls?: boolean): Promise<NbdClient> {
+export async function connectWithRetry(uri: string, contexts: string[], log: Logger, signal?: AbortSignal, tls?: boolean, tlsCertificates?: string): Promise<NbdClient> {
   const started = Date.now();
   let delay = 100;
   for (let attempt = 1; ; attempt++) {
     try {
-      return await NbdClient.connect(uri, { metaContexts: contexts, tls: tls === true ? 'require' : undefined });
+      return await NbdClient.connect(uri, {
+        metaContexts: contexts,
+        tls: tls === true ? 'require' : undefined,
+        ...(tls === true && tlsCertificates !== undefined ? { tlsCertificates } : {}),
+      });
     } catch (e) {
       const code = e instanceof NbdError ? e.code : undefined;
       const transient = code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ECONNRESET';
@@ -170,7 +176,7 @@ export async function backupDisk(o: DiskBackupOptions): Promise<DiskBackupResult
   const bitmapCtx = delta && o.bitmap !== undefined ? dirtyBitmapContext(o.bitmap) : undefined;
   const contexts = [CONTEXT_BASE_ALLOCATION, ...(bitmapCtx !== undefined ? [bitmapCtx] : [])];
   if (o.disk.discard !== undefined) log.info(`Disk [${dev}] has discard option set: [${o.disk.discard}]`);
-  const client = await connectWithRetry(o.uri, contexts, log, o.signal, o.tls);
+  const client = await connectWithRetry(o.uri, contexts, log, o.signal, o.tls, o.tlsCertificates);
   try {
     for (const c of contexts) {
       if (!client.canMetaContext(c) && !(c === CONTEXT_BASE_ALLOCATION && o.noSparseDetection && delta)) {

@@ -20,20 +20,29 @@ function scratchSuffix(): string {
 }
 
 export interface BackupXmlOptions {
-  socketFile: string;
+  /** Local mode: the unix socket of the NBD server. */
+  socketFile?: string;
+  /** Remote mode (§8): libvirt's NBD server on TCP `name:port`, TLS per `tls`. */
+  tcp?: { name: string; port: number; tls: boolean };
   scratchDir: string;
   devs: string[];
   /** Parent checkpoint of an inc/diff job. */
   incremental?: string;
 }
 
-/** §5.1: pull mode over a unix socket, one scratch file per disk. */
+/** §5.1: pull mode over a unix socket (local) or TCP (remote), one scratch file per disk. */
 export function backupXml(o: BackupXmlOptions): string {
   const disks = o.devs
     .map((d) => `    <disk name="${xmlEscape(d)}"><scratch file="${xmlEscape(join(o.scratchDir, `backup.${scratchSuffix()}.${d}`))}"/></disk>`)
     .join('\n');
   const inc = o.incremental !== undefined && o.incremental !== '' ? `  <incremental>${xmlEscape(o.incremental)}</incremental>\n` : '';
-  return `<domainbackup mode="pull">\n${inc}  <server transport="unix" socket="${xmlEscape(o.socketFile)}"/>\n  <disks>\n${disks}\n  </disks>\n</domainbackup>\n`;
+  let server: string;
+  if (o.tcp !== undefined) {
+    server = `<server transport="tcp" tls="${o.tcp.tls ? 'yes' : 'no'}" name="${xmlEscape(o.tcp.name)}" port="${o.tcp.port}"/>`;
+  } else if (o.socketFile !== undefined) {
+    server = `<server transport="unix" socket="${xmlEscape(o.socketFile)}"/>`;
+  } else throw new Error('backupXml: neither a socket nor a TCP server given');
+  return `<domainbackup mode="pull">\n${inc}  ${server}\n  <disks>\n${disks}\n  </disks>\n</domainbackup>\n`;
 }
 
 export interface StartJobOptions {

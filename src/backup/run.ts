@@ -4,9 +4,15 @@
  * the disks in parallel, then — only when every disk completed — side files, `.cpt` and the
  * checkpoint XML (D28). Any failure after the job started aborts it, deletes the checkpoint the
  * run created and leaves the target as it was (§3.9).
+ *
+ * Remote mode (`qemu+ssh` URI, §8): an ssh session to the host libvirt reports (src/remote/);
+ * libvirt's NBD server listens on TCP `<nbd-ip or host>:<nbd-port>` (TLS with --tls), shut-off
+ * disks are served by qemu-nbd started through ssh on ports N, N+1, …, boot files and
+ * `qemu-img info` come through ssh; every remote server is stopped and the session closed on
+ * every path (D6).
  */
 import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { basename, join, posix, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { humanSize } from '../util/humanize.js';
 import { VirtConnection, VirtError, VIR_ERR, DOMAIN_START, CHECKPOINT_XML, type VirtDomain } from '../virt/client.js';
@@ -16,9 +22,13 @@ import { startOfflineServer, type OfflineServer } from './offline-server.js';
 import { BackupFatal, checkTargetRules, inspectTarget, rejectCombinations, resolveAuto } from './target-dir.js';
 import { lockTarget, type TargetLock } from './target-lock.js';
 import type { ZipStreamWriter } from '../zip/index.js';
+import { checkPortRange, clientTlsDir, isRemoteUri, openRemoteSession, remoteHostName, tcpNbdUri, type RemoteOptions } from '../remote/host.js';
+import { startRemoteQemuNbd } from '../remote/nbd-server.js';
+import type { SshRunner, SshSession } from '../remote/ssh.js';
 import type { BackupDisk, BackupLevel, RequestedLevel } from './types.js';
 import { parseDomainXml } from './domain-xml.js';
 import { selectDisks, warnTpm } from './disk-selection.js';
+import { saveBitlockerKeys, type GuestAgent } from './bitlocker.js';
 import { copyBootFiles, directorySink, writeAutostart, writeOsinfo, writeQcowInfo, writeVmconfig, type SideFileSink } from './side-files.js';
 import {
   CheckpointError,
@@ -62,7 +72,12 @@ export interface BackupOptions {
   startOnly: boolean;
   killOnly: boolean;
   printOnly: boolean;
+  /** The remote option group (used when `uri` contains `qemu+ssh`, §8). */
+  remote?: RemoteOptions;
 }
+
+/** Defaults of the remote option group (CLI.md §2.1). */
+const REMOTE_DEFAULTS: RemoteOptions = { sshPort: 22, nbdPort: 10809, nbdIp: '', tls: false, tlsCert: '/etc/pki/qemu/' };
 
 export interface BackupSummary {
   level: BackupLevel | null;
@@ -84,6 +99,8 @@ export interface RunEnv {
   signal: AbortSignal;
   /** Unix time of the run (one per run, D26). */
   now?: Date;
+  /** Remote mode: more ssh client arguments (tests: a private known-hosts file), or another runner. */
+  ssh?: { extraArgs?: string[]; runner?: SshRunner };
 }
 
 const isDelta = (l: BackupLevel): boolean => l === 'inc' || l === 'diff';
@@ -158,6 +175,18 @@ async function backupSteps(
     throw new BackupFatal(`Can't connect libvirt daemon: [${v.message}${suffix}]`);
   }
   cleanups.push(() => conn.close());
+  // §8: a qemu+ssh URI selects remote mode; ssh, the NBD endpoint and qemu-nbd use this host.
+  const remoteMode = isRemoteUri(o.uri);
+  const ropt: RemoteOptions = { ...REMOTE_DEFAULTS, ...(o.remote ?? {}) };
+  let remoteHost = '';
+  if (remoteMode) {
+    const reported = await conn.hostname().catch((e: unknown) => {
+      log.debug(`libvirt did not report a host name: ${(e as Error).message}`);
+      return '';
+    });
+    remoteHost = await remoteHostName(reported, o.uri, log);
+  }
+  const nbdHost = ropt.nbdIp !== '' ? ropt.nbdIp : remoteHost;
   let dom: VirtDomain;
   try {
     dom = await conn.lookupByName(o.domain);
@@ -291,7 +320,13 @@ async function backupSteps(
 
   const sink = zip !== undefined ? zipSink(zip) : directorySink(output);
   if (disks.length === 0) {
-    await writeSideFiles(sink, { xml, cfg, disks, ident, copyRun: effLevel === 'copy', log, autostart: await dom.autostart(), guestInfo });
+    let sideSsh: SshSession | undefined;
+    if (remoteMode) sideSsh = await openRemoteSession(remoteHost, ropt, log, env.ssh).catch(() => undefined);
+    try {
+      await writeSideFiles(sink, { xml, cfg, disks, ident, copyRun: effLevel === 'copy', log, autostart: await dom.autostart(), guestInfo, agent: dom, ssh: sideSsh });
+    } finally {
+      await sideSsh?.close();
+    }
     throw new BackupFatal('Unable to detect disks suitable for backup.');
   }
 
@@ -332,6 +367,24 @@ async function backupSteps(
     }
   }
 
+  // Step 26 (before anything changes): the ssh session of remote mode. Closed last (cleanups run
+  // in reverse order), after every remote qemu-nbd was stopped.
+  let ssh: SshSession | undefined;
+  if (remoteMode) {
+    try {
+      checkPortRange(ropt.nbdPort, online ? 1 : disks.length);
+    } catch (e) {
+      throw new BackupFatal((e as Error).message);
+    }
+    try {
+      ssh = await openRemoteSession(remoteHost, ropt, log, env.ssh);
+    } catch {
+      throw new BackupFatal('Remote backup detected but ssh session setup failed');
+    }
+    const session = ssh;
+    cleanups.push(() => session.close());
+  }
+
   // Step 24 (late, D28/§3.5): a full removes our old checkpoints.
   if (online && effLevel === 'full' && !plan.fallbackFull && !o.printOnly) {
     await deleteOurCheckpoints(dom, cpt, checkpointDir, log);
@@ -343,18 +396,27 @@ async function backupSteps(
   const createsCheckpoint = online && (effLevel === 'full' || effLevel === 'inc');
   let createdCheckpoint: string | undefined;
   let jobRunning = false;
-  const servers = new Map<string, OfflineServer>();
+  const servers = new Map<string, Pick<OfflineServer, 'uri' | 'stop'>>();
   let succeeded = false;
   const socketFile = resolve(o.socketFile);
   if (online) {
-    const jobXml = backupXml({ socketFile, scratchDir: resolve(o.scratchDir), devs: disks.map((d) => d.dev), incremental: isDelta(effLevel) ? plan.parent : undefined });
+    // Remote: the scratch files are on the remote host (qemu creates and removes them there).
+    const scratchDir = ssh !== undefined ? posix.resolve('/', o.scratchDir) : resolve(o.scratchDir);
+    const jobXml = backupXml({
+      ...(ssh !== undefined ? { tcp: { name: nbdHost, port: ropt.nbdPort, tls: ropt.tls } } : { socketFile }),
+      scratchDir,
+      devs: disks.map((d) => d.dev),
+      incremental: isDelta(effLevel) ? plan.parent : undefined,
+    });
     const cpXml = createsCheckpoint ? checkpointXml(plan.name, plan.parent, qcowDevs) : null;
-    await mkdir(resolve(o.scratchDir), { recursive: true });
+    if (ssh !== undefined) await ssh.mkdirp(scratchDir);
+    else await mkdir(scratchDir, { recursive: true });
     await startBackupJob(dom, { backupXml: jobXml, checkpointXml: cpXml, pause: o.pause && !o.startDomain, paused, freezeMountpoints: o.freezeMountpoints, libVersion, log });
     jobRunning = true;
     if (cpXml !== null) createdCheckpoint = plan.name;
     if (o.startOnly) {
-      log.info(`Backup job started; NBD server on [${socketFile}]${createdCheckpoint !== undefined ? `, checkpoint [${createdCheckpoint}] created (not recorded in ${o.domain}.cpt)` : ''}.`);
+      const where = ssh !== undefined ? tcpNbdUri(nbdHost, ropt.nbdPort, '', ropt.tls) : socketFile;
+      log.info(`Backup job started; NBD server on [${where}]${createdCheckpoint !== undefined ? `, checkpoint [${createdCheckpoint}] created (not recorded in ${o.domain}.cpt)` : ''}.`);
       return 0;
     }
     cleanups.push(async () => {
@@ -373,7 +435,9 @@ async function backupSteps(
     cleanups.push(async () => {
       for (const s of servers.values()) await s.stop();
     });
+    if (ssh !== undefined) log.info(`Remote NBD ports used for the offline backup: [${ropt.nbdPort}-${ropt.nbdPort + disks.length - 1}]`);
   }
+  const diskIndex = new Map(disks.map((d, i) => [d.dev, i]));
 
   // Step 30: the disks.
   const results: DiskBackupResult[] = [];
@@ -394,12 +458,30 @@ async function backupSteps(
       if (env.signal.aborted) return;
       const dlog = log.child(d.dev);
       try {
-        let uri = `nbd+unix:///${d.dev}?socket=${socketFile}`;
+        let uri = ssh !== undefined ? tcpNbdUri(nbdHost, ropt.nbdPort, d.dev, ropt.tls) : `nbd+unix:///${d.dev}?socket=${socketFile}`;
         let bitmap: string | undefined;
         if (online) {
           if (isDelta(effLevel)) bitmap = `backup-${d.dev}`;
         } else {
-          const srv = await startOfflineServer(d, socketFile, isDelta(effLevel) && d.qcow ? plan.parent : undefined, dlog);
+          const offlineBitmap = isDelta(effLevel) && d.qcow ? plan.parent : undefined;
+          const srv =
+            ssh !== undefined
+              ? await startRemoteQemuNbd({
+                  ssh,
+                  image: d.path,
+                  format: d.format,
+                  exportName: d.dev,
+                  port: ropt.nbdPort + diskIndex.get(d.dev)!,
+                  bindIp: ropt.nbdIp,
+                  connectHost: nbdHost,
+                  readOnly: true,
+                  bitmap: offlineBitmap,
+                  tls: ropt.tls,
+                  tlsCert: ropt.tlsCert,
+                  extraArgs: ['-e', '2'],
+                  log: dlog,
+                })
+              : await startOfflineServer(d, socketFile, offlineBitmap, dlog);
           servers.set(d.dev, srv);
           uri = srv.uri;
           if (isDelta(effLevel)) bitmap = plan.parent;
@@ -419,6 +501,8 @@ async function backupSteps(
           incremental: isDelta(effLevel),
           noSparseDetection: o.noSparseDetection,
           useNbdinfo: o.useNbdinfo,
+          tls: ssh !== undefined && ropt.tls,
+          tlsCertificates: ssh !== undefined && ropt.tls ? clientTlsDir(ropt.tlsCert) : undefined,
           log: dlog,
           progress: env.progress ? (total) => env.progress!(d.dev, total) : undefined,
           signal: env.signal,
@@ -459,7 +543,7 @@ async function backupSteps(
     log.info(`Checkpoint [${createdCheckpoint}] recorded in [${cptPath}].`);
     if (zip !== undefined) await addChainStateToZip(zip, cptPath, checkpointDir);
   };
-  await writeSideFiles(sink, { xml, cfg, disks, ident, copyRun: effLevel === 'copy', log, autostart: await dom.autostart(), guestInfo, afterVmconfig: recordCheckpoint });
+  await writeSideFiles(sink, { xml, cfg, disks, ident, copyRun: effLevel === 'copy', log, autostart: await dom.autostart(), guestInfo, agent: dom, afterVmconfig: recordCheckpoint, ssh });
   succeeded = true;
   summary.checkpoint = createdCheckpoint ?? null;
 
@@ -502,18 +586,24 @@ interface SideFileArgs {
   log: Logger;
   autostart: boolean;
   guestInfo: Record<string, number | string | boolean> | undefined;
+  /** The guest agent, for the BitLocker key export of Windows guests (§10.3). */
+  agent?: GuestAgent;
   /** Runs right after vmconfig (zip entry order, FORMAT.md §7: the chain state comes next). */
   afterVmconfig?: () => Promise<void>;
+  /** Remote mode: boot files and qemu-img info come from the remote host. */
+  ssh?: SshSession;
 }
 
 /** Side files in the order of FORMAT.md §7 (the same order is used for directories). */
 async function writeSideFiles(sink: SideFileSink, a: SideFileArgs): Promise<void> {
   await writeVmconfig(sink, a.ident, a.xml);
   await a.afterVmconfig?.();
-  await copyBootFiles(sink, a.cfg.bootFiles, a.copyRun ? null : a.ident, a.log);
-  await writeQcowInfo(sink, a.disks.filter((d) => d.qcow), a.ident, a.log);
+  const ssh = a.ssh;
+  await copyBootFiles(sink, a.cfg.bootFiles, a.copyRun ? null : a.ident, a.log, ssh !== undefined ? { fetch: (p) => ssh.readFile(p) } : {});
+  await writeQcowInfo(sink, a.disks.filter((d) => d.qcow), a.ident, a.log, ssh !== undefined ? { qemuImgInfo: (p) => ssh.qemuImgInfo(p) } : {});
   if (a.autostart) await writeAutostart(sink, a.ident);
   if (a.guestInfo !== undefined) await writeOsinfo(sink, a.ident, a.guestInfo);
+  if (a.guestInfo !== undefined && a.agent !== undefined) await saveBitlockerKeys(a.agent, a.guestInfo, sink, a.ident, a.log);
 }
 
 /** Side files as zip entries (their mtime: the source file's, or now). */

@@ -45,6 +45,7 @@ const G_REMOTE_RESTORE = 'Remote restore options';
 const G_LOGGING = 'Logging options';
 const G_DEBUG = 'Debug options';
 const G_EXT = 'Extensions';
+const G_RECOVERY = 'Instant recovery (extensions)';
 
 const helpOpt = (group: string): OptionSpec => ({
   short: '-h', long: '--help', kind: 'flag', action: 'help', original: true, group,
@@ -333,6 +334,23 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
       help: 'Worker processes decompressing compressed data' },
     { long: '--no-device', kind: 'flag', original: false, group: G_EXT,
       help: 'Only serve the export; never touch /dev/nbd*' },
+    // instant recovery (boot, migrate, mount)
+    { long: '--boot', kind: 'flag', original: false, group: G_RECOVERY,
+      help: 'With -i: boot a VM from the backup point (every disk served through the plugin, writes to a temporary overlay) and keep it running until Ctrl-C/SIGTERM' },
+    { long: '--name', kind: 'string', metavar: 'NAME', original: false, group: G_RECOVERY,
+      help: 'With --boot: name of the recovered domain (default: restore_<original name>, made unique)' },
+    { long: '--uri', kind: 'string', metavar: 'URI', default: 'qemu:///system', original: false, group: G_RECOVERY,
+      help: 'With --boot: libvirt connection URI' },
+    { long: '--migrate-to', kind: 'string', metavar: 'DIR', original: false, group: G_RECOVERY,
+      help: "With --boot: once the VM runs, copy every disk into new qcow2 images in DIR with libvirt's block copy, switch the VM over to them, release the backup and leave an ordinary persistent domain running" },
+    { long: '--keep-overlays', kind: 'flag', original: false, group: G_RECOVERY,
+      help: 'With --boot: keep the writes made by the recovered VM in qcow2 overlays in --overlay-dir instead of discarding them at the end' },
+    { long: '--overlay-dir', kind: 'string', metavar: 'DIR', original: false, group: G_RECOVERY,
+      help: 'With --boot: directory for overlays, sockets and console logs (default: a new directory under /var/tmp)' },
+    { long: '--shutdown-timeout', kind: 'int', metavar: 'SECONDS', default: 60, min: 0, original: false, group: G_RECOVERY,
+      help: 'With --boot: at Ctrl-C/SIGTERM, how long to wait for the guest to shut down after the ACPI request before the VM is powered off (0: power off at once)' },
+    { long: '--mount', kind: 'string', metavar: 'MOUNTPOINT', original: false, group: G_RECOVERY,
+      help: 'Expose the chain of one disk and mount its file systems read-only under MOUNTPOINT (partN per partition, or MOUNTPOINT itself for a whole-disk file system) until Ctrl-C/SIGTERM' },
   ];
   return {
     prog: 'virtnbdmap',
@@ -343,6 +361,12 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
       const f = v.file !== undefined;
       const i = v.input !== undefined;
       if (f === i) return f ? 'argument -f/--file: not allowed with argument -i/--input' : 'one of the arguments -f/--file -i/--input is required';
+      const boot = v.boot === true;
+      if (boot && !i) return 'argument --boot: requires -i/--input (a backup directory with its vmconfig)';
+      if (boot && v.mount !== undefined) return 'argument --mount: not allowed with argument --boot';
+      for (const [opt, key] of [['--name', 'name'], ['--migrate-to', 'migrateTo'], ['--keep-overlays', 'keepOverlays'], ['--overlay-dir', 'overlayDir']] as const)
+        if (!boot && v[key] !== undefined && v[key] !== false) return `argument ${opt}: requires --boot`;
+      if (v.keepOverlays === true && v.overlayDir === undefined) return 'argument --keep-overlays: requires --overlay-dir (where the overlays are kept)';
       return undefined;
     },
     epilog: `Examples:
@@ -355,6 +379,12 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
   # only serve the export on a unix socket (no /dev/nbd*), print its URI as JSON
   virtnbdmap -i /backup/vm1 --disk sda --no-device --socket /run/vm1-sda.sock --json
   # serve over TCP for another host (e.g. qemu-img convert nbd://hv2:10810/sda)
-  virtnbdmap -i /backup/vm1 --no-device -l 0.0.0.0 -p 10810`,
+  virtnbdmap -i /backup/vm1 --no-device -l 0.0.0.0 -p 10810
+  # boot the VM from its newest backup point (Ctrl-C shuts it down and discards its writes)
+  virtnbdmap -i /backup/vm1 --boot
+  # boot an older point under another name, then move it onto real storage while it runs
+  virtnbdmap -i /backup/vm1 --boot --until virtnbdbackup.3 --name vm1-old --migrate-to /var/lib/libvirt/images/vm1-old
+  # single-file restore: mount the file systems of disk vda read-only
+  virtnbdmap -i /backup/vm1 --disk vda --mount /mnt/vm1`,
   };
 }

@@ -15,6 +15,7 @@ import { BackupFatal } from '../backup/target-dir.js';
 import { createProgress } from '../backup/progress.js';
 import { humanSize } from '../util/humanize.js';
 import type { RequestedLevel } from '../backup/types.js';
+import { remoteOptionsOf } from '../remote/cli-options.js';
 
 const { values: v, given } = parseOrExit(virtnbdbackupSpec(), process.argv.slice(2));
 
@@ -85,6 +86,7 @@ const opts: BackupOptions = {
   startOnly: v.startonly === true,
   killOnly: v.killonly === true,
   printOnly: v.printonly === true,
+  remote: remoteOptionsOf(v),
 };
 
 const ac = new AbortController();

@@ -3,6 +3,8 @@ import { virtnbdmapSpec } from './specs.js';
 import { parseOrExit, commandLogger } from './run.js';
 import { runMap, type MapOptions } from '../map/virtnbdmap.js';
 import { packageVersion } from './version.js';
+import { runMount } from '../mount/run-mount.js';
+import { runBoot } from '../boot/run-boot.js';
 
 const { values: v, given } = parseOrExit(virtnbdmapSpec(), process.argv.slice(2));
 const log = commandLogger('virtnbdmap', v, v.logfile as string);
@@ -29,6 +31,24 @@ const opts: MapOptions = {
   noDevice: v.noDevice === true,
 };
 
-const code = await runMap(opts, log, (s) => process.stdout.write(s));
+const out = (s: string): void => void process.stdout.write(s);
+let code: number;
+if (typeof v.mount === 'string') code = await runMount({ ...opts, mountpoint: v.mount }, log, out);
+else if (v.boot === true)
+  code = await runBoot(
+    {
+      ...opts,
+      input: v.input as string,
+      name: v.name as string | undefined,
+      uri: v.uri as string,
+      migrateTo: v.migrateTo as string | undefined,
+      keepOverlays: v.keepOverlays === true,
+      overlayDir: v.overlayDir as string | undefined,
+      shutdownTimeout: v.shutdownTimeout as number,
+    },
+    log,
+    out,
+  );
+else code = await runMap(opts, log, out);
 await log.close();
 process.exit(code);

@@ -8,6 +8,7 @@ import { parseOrExit, commandLogger, redactedArgs } from './run.js';
 import { packageVersion } from './version.js';
 import { runRestore, type RestoreOptions } from '../restore/run.js';
 import { createProgress } from '../backup/progress.js';
+import { remoteOptionsOf } from '../remote/cli-options.js';
 
 const { values: v } = parseOrExit(virtnbdrestoreSpec(), process.argv.slice(2));
 
@@ -47,12 +48,13 @@ const opts: RestoreOptions = {
   name: v.name as string | undefined,
   bufferSize: v.buffsize as number,
   preallocate: v.preallocate === true,
+  compress: v.compress === true,
   uri: v.uri as string,
   user: v.user as string | undefined,
   password: v.password as string | undefined,
   json: v.json === true,
+  remote: remoteOptionsOf(v),
 };
-if (v.compress === true) log.warn('--compress (qemu compress driver) is not supported by this version; the image is written uncompressed.');
 
 const summary = await runRestore(opts, {
   log,

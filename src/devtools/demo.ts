@@ -1,94 +1,187 @@
 /**
- * The README's demo: build an ext4 disk image holding a text file, back it up with our writer as a
- * full + incremental chain (uncompressed and compressed), map every point with virtnbdmap, read the
- * file out of the mapped export through nbdfuse and print what each point holds. Cleans up after
- * itself; exits 1 if any point shows the wrong content.
+ * The README's demo: the main job on a throw-away VM, with the real commands on real
+ * libvirtd/qemu (TCG is enough). It creates a tiny guest (demo-vm.ts; its console prints the
+ * marker stored in its /marker), backs it up running (full), changes the marker on the running
+ * disk, backs it up again (inc), verifies the set, pulls /marker out of the full backup with
+ * `virtnbdmap --mount`, boots a VM from the newest point with `virtnbdmap --boot`, restores the set
+ * into a qcow2 image and reads /marker from it. Each step prints one line; a step that shows the
+ * wrong content ends the demo with exit code 1. The VM, its checkpoints and the work directory
+ * are removed at the end in every case (also after an error or Ctrl-C).
  */
-import { mkdtempSync, mkdirSync, writeFileSync, copyFileSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { mkdirSync, mkdtempSync, chmodSync, readFileSync, readdirSync, rmSync, existsSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
-import { writeImageChain } from './image-chain.js';
-import { packageRoot } from '../util/package-root.js';
+import { markerText, markersIn } from './boot-guest.js';
+import { createDemoVm, removeDemoVm, setMarker, stopDemoVm, type DemoVm } from './demo-vm.js';
+import { bin, run, spawnJson, stop, stopAll, waitFor } from './demo-proc.js';
+
+const MARKER_TIMEOUT = 240_000;
+const OLD = 'A';
+const NEW = 'B';
 
 const say = (s: string): void => void process.stdout.write(s + '\n');
 
-async function sleep(ms: number): Promise<void> {
-  await new Promise((r) => setTimeout(r, ms));
+/** A step whose result is not what the demo expects (exit 1 with this message). */
+class WrongContent extends Error {}
+
+function short(marker: string): string {
+  const m = /^([A-Z])\1+$/.exec(marker);
+  return m ? `${m[1]!.repeat(4)}… (${marker.length} × ${m[1]})` : JSON.stringify(marker);
 }
 
-/** Replace /hello.txt in an ext4 image without mounting it (debugfs). */
-async function setFile(image: string, dir: string, text: string): Promise<void> {
-  const src = join(dir, 'hello.src');
-  writeFileSync(src, text);
-  await execa('debugfs', ['-w', '-R', 'rm hello.txt', image]);
-  await execa('debugfs', ['-w', '-R', `write ${src} hello.txt`, image]);
+function expectMarker(where: string, got: string, letter: string): void {
+  if (got !== markerText(letter)) throw new WrongContent(`${where}: expected marker ${short(markerText(letter))}, found ${short(got)}`);
 }
 
-/** Map one point, expose it as a file with nbdfuse, read /hello.txt with debugfs. */
-async function readPoint(set: string, until: string | undefined, work: string): Promise<string> {
-  const sock = join(work, 'map.sock');
-  const args = [join(packageRoot(), 'bin', 'virtnbdmap'), '-i', set, '--disk', 'vda', '--socket', sock, '--json', '--no-device', '-L', join(work, 'virtnbdmap.log')];
-  if (until) args.push('--until', until);
-  const map = execa(process.execPath, args, { stdout: 'pipe', stderr: 'pipe', reject: false });
-  const info = await new Promise<{ uri: string }>((resolve, reject) => {
-    let buf = '';
-    map.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) resolve(JSON.parse(buf.slice(0, nl)));
-    });
-    void map.then((r) => reject(new Error(`virtnbdmap exited early (${r.exitCode}):\n${String(r.stderr)}`)));
-  });
-  const fuseDir = join(work, 'fuse');
-  mkdirSync(fuseDir, { recursive: true });
-  const fuse = execa('nbdfuse', ['-r', join(fuseDir, 'disk'), '--unix', sock], { reject: false, forceKillAfterDelay: 5000 });
+let t0 = Date.now();
+function secs(since: number): string {
+  return `${Math.round((Date.now() - since) / 1000)} s`;
+}
+
+/** virtnbdbackup's summary line (`Backup full of 1 disk(s) done in …`), without the log prefix. */
+function summaryOf(output: string): string {
+  const l = output.split('\n').find((s) => / disk\(s\) done in /.test(s));
+  return l === undefined ? '(no summary line)' : l.slice(l.lastIndexOf('Backup ')).trim();
+}
+
+/** Unmount whatever is still mounted below `dir` (only after a failure), so that rm cannot reach a mount. */
+async function unmountBelow(dir: string): Promise<void> {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1] ?? '')
+    .filter((m) => m === dir || m.startsWith(`${dir}/`))
+    .reverse();
+  for (const m of mounts) await execa('umount', ['-l', m], { reject: false });
+}
+
+interface MountJson {
+  mountpoint: string;
+  mounted: Array<{ path: string; fstype: string; device: string }>;
+}
+
+interface BootJson {
+  name: string;
+  consoleLogs: string[];
+  disks: Array<{ dev: string; files: string[] }>;
+}
+
+async function demo(work: string, name: string, signal: AbortSignal, vmRef: { vm?: DemoVm }): Promise<void> {
+  const set = join(work, 'backup');
+  const URI = ['-U', 'qemu:///system'];
+
+  // 1: the VM
+  let t = Date.now();
+  const vm = await createDemoVm(work, name, OLD);
+  vmRef.vm = vm;
+  const first = await waitFor('the demo VM\'s boot marker', () => markersIn(vm.serialLog).at(-1), MARKER_TIMEOUT, signal);
+  expectMarker('demo VM console', first.marker, OLD);
+  say(`1/6 created demo VM ${name} (busybox guest, 64 MiB qcow2 disk, TCG) and booted it; console: "VIRTNBD-MARKER ${short(first.marker)} BOOT ${first.boot}" — ${secs(t)}`);
+
+  // 2: full, change, inc
+  t = Date.now();
+  const full = await run(bin('virtnbdbackup'), [...URI, '-d', name, '-l', 'full', '-o', set, '-n'], signal);
+  await setMarker(vm, NEW);
+  const inc = await run(bin('virtnbdbackup'), [...URI, '-d', name, '-l', 'inc', '-o', set, '-n'], signal);
+  say(`2/6 virtnbdbackup -l full, marker changed to ${short(markerText(NEW))} on the running disk, virtnbdbackup -l inc — ${secs(t)}`);
+  for (const r of [full, inc]) say(`      ${summaryOf(r.all)}`);
+  say(`      ${set}: ${readdirSync(set).filter((f) => f.endsWith('.data')).sort().join(', ')}`);
+  // The original VM is not needed any more: as if it were lost, everything below uses the backup.
+  await stopDemoVm(name);
+
+  // 3: verify
+  t = Date.now();
+  const ver = await run(bin('virtnbdrestore'), ['-i', set, '-o', 'verify', '-L', join(work, 'virtnbdrestore.log')], signal);
+  const oks = ver.all.split('\n').filter((l) => l.includes('OK: [')).length;
+  say(`3/6 virtnbdrestore -o verify: ${oks} data file(s) OK (checksums and structure) — ${secs(t)}`);
+
+  // 4: single-file restore from the full backup
+  t = Date.now();
+  const mp = join(work, 'mnt');
+  mkdirSync(mp);
+  const mnt = await spawnJson<MountJson>(bin('virtnbdmap'), ['-i', set, '--until', 'virtnbdbackup.0', '--mount', mp, '--json', '-L', join(work, 'virtnbdmap.log')], signal, 120_000);
+  let old: string;
   try {
-    for (let i = 0; i < 100 && !existsSync(join(fuseDir, 'disk')); i++) await sleep(50);
-    const r = await execa('debugfs', ['-R', 'cat /hello.txt', join(fuseDir, 'disk')], { stderr: 'ignore', timeout: 30_000 });
-    say(`  served at ${info.uri}`);
-    return r.stdout.trim();
+    old = readFileSync(join(mp, 'marker'), 'latin1');
   } finally {
-    await execa('fusermount3', ['-u', fuseDir], { reject: false, timeout: 10_000 });
-    fuse.kill('SIGTERM');
-    await fuse;
-    map.kill('SIGTERM');
-    const r = await map;
-    if (r.exitCode !== 0) throw new Error(`virtnbdmap exited with ${r.exitCode}:\n${String(r.stderr)}`);
+    const code = await stop(mnt.proc, 'SIGINT', 90_000);
+    if (code !== 0) throw new Error(`virtnbdmap --mount exited with ${code} after Ctrl-C:\n${mnt.output().trimEnd().split('\n').slice(-15).join('\n')}`);
   }
+  expectMarker('virtnbdmap --mount of virtnbdbackup.0', old, OLD);
+  const fs = mnt.info.mounted[0];
+  say(`4/6 virtnbdmap --until virtnbdbackup.0 --mount: ${fs ? `${fs.fstype} on ${fs.device}` : 'mounted'}, /marker = ${short(old)} (the full backup's), unmounted — ${secs(t)}`);
+
+  // 5: boot from the newest point
+  t = Date.now();
+  const bootRun = await spawnJson<BootJson>(bin('virtnbdmap'), ['-i', set, '--boot', '--json', '--shutdown-timeout', '0', '-L', join(work, 'virtnbdmap.log')], signal, 180_000);
+  let booted: { marker: string; boot: number };
+  try {
+    const log = bootRun.info.consoleLogs[0];
+    if (log === undefined) throw new Error('virtnbdmap --boot: no console log in its JSON line');
+    booted = await waitFor(`the marker on ${bootRun.info.name}'s console`, () => markersIn(log).at(-1), MARKER_TIMEOUT, signal);
+  } finally {
+    const code = await stop(bootRun.proc, 'SIGINT', 120_000);
+    if (code !== 0) throw new Error(`virtnbdmap --boot exited with ${code} after Ctrl-C:\n${bootRun.output().trimEnd().split('\n').slice(-15).join('\n')}`);
+  }
+  expectMarker('VM booted from the backup', booted.marker, NEW);
+  say(`5/6 virtnbdmap --boot: VM ${bootRun.info.name} ran from the backup (no restore); console: "VIRTNBD-MARKER ${short(booted.marker)} BOOT ${booted.boot}"; Ctrl-C stopped it — ${secs(t)}`);
+
+  // 6: restore
+  t = Date.now();
+  const out = join(work, 'restore');
+  await run(bin('virtnbdrestore'), ['-i', set, '-o', out, '-L', join(work, 'virtnbdrestore.log')], signal);
+  const image = join(out, basename(vm.disk));
+  if (!existsSync(image)) throw new Error(`virtnbdrestore wrote no ${image} (found: ${readdirSync(out).join(', ')})`);
+  const raw = join(work, 'restored.raw');
+  await execa('qemu-img', ['convert', '-O', 'raw', image, raw]);
+  const restored = (await execa('debugfs', ['-R', 'cat /marker', raw], { stderr: 'ignore' })).stdout;
+  expectMarker('restored image', restored, NEW);
+  say(`6/6 virtnbdrestore -o ${out}: ${basename(image)} (qcow2) holds /marker = ${short(restored)} — ${secs(t)}`);
 }
 
 async function main(): Promise<number> {
-  const work = mkdtempSync(join(tmpdir(), 'virtnbd-demo-'));
+  t0 = Date.now();
+  const ac = new AbortController();
+  let caught: string | undefined;
+  const onSignal = (s: NodeJS.Signals): void => {
+    if (caught) return;
+    caught = s;
+    say(`\n${s} received: stopping and cleaning up…`);
+    ac.abort();
+  };
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, onSignal);
+
+  const work = mkdtempSync('/var/tmp/virtnbd-demo-');
+  chmodSync(work, 0o755);
+  const name = `virtnbd-demo-${process.pid}`;
+  const vmRef: { vm?: DemoVm } = {};
+  say(`virtnbd demo: back up a running VM, verify, pull a file out, boot from the backup, restore (work dir ${work})`);
+  let code = 0;
   try {
-    const root = join(work, 'root');
-    mkdirSync(root);
-    writeFileSync(join(root, 'hello.txt'), 'Hello from backup point 0 (the full backup)\n');
-    const img0 = join(work, 'disk0.img');
-    const img1 = join(work, 'disk1.img');
-    await execa('mkfs.ext4', ['-q', '-F', '-d', root, img0, '64M']);
-    copyFileSync(img0, img1);
-    await setFile(img1, work, 'Hello from backup point 1 (an incremental backup)\n');
-    say(`Demo disk: 64 MiB ext4 image with /hello.txt, changed between two backups (in ${work})`);
-    let ok = true;
-    for (const compress of [false, 2] as const) {
-      const set = join(work, compress ? 'set-lz4' : 'set');
-      mkdirSync(set);
-      const files = await writeImageChain(set, 'vda', [{ image: img0, level: 'full' }, { image: img1, level: 'inc' }], compress);
-      say(`\nBackup set ${set} (${compress ? 'LZ4-compressed' : 'uncompressed'}): ${files.join(', ')}`);
-      for (const [until, want] of [['virtnbdbackup.0', 'point 0'], [undefined, 'point 1']] as const) {
-        say(`virtnbdmap -i ${set} --disk vda${until ? ` --until ${until}` : ''}`);
-        const text = await readPoint(set, until, work);
-        const good = text.includes(want);
-        ok &&= good;
-        say(`  /hello.txt: "${text}" ${good ? '✓' : `✗ (expected ${want})`}`);
-      }
-    }
-    say(ok ? '\nDemo finished: every point served the file content it was backed up with.' : '\nDemo FAILED');
-    return ok ? 0 : 1;
+    await demo(work, name, ac.signal, vmRef);
+    say(`Demo finished in ${secs(t0)}: every step showed the content it was backed up with.`);
+  } catch (e) {
+    code = 1;
+    const msg = caught ? `interrupted by ${caught}` : (e as Error).message;
+    process.stderr.write(`\nDemo FAILED${e instanceof WrongContent ? ' (wrong content)' : ''}: ${msg}\n`);
   } finally {
-    rmSync(work, { recursive: true, force: true });
+    await stopAll();
+    const problems: string[] = [];
+    for (const n of [`restore_${name}`, name]) {
+      const p = await removeDemoVm(n);
+      if (p) problems.push(p);
+    }
+    await unmountBelow(work);
+    try {
+      rmSync(work, { recursive: true, force: true });
+    } catch (e) {
+      problems.push(`remove ${work}: ${(e as Error).message}`);
+    }
+    if (problems.length > 0) {
+      code = 1;
+      process.stderr.write(`Clean-up incomplete:\n  ${problems.join('\n  ')}\n`);
+    } else say(`Cleaned up: demo VM ${name} and its checkpoints undefined, ${work} removed.`);
   }
+  return code;
 }
 
 main().then(

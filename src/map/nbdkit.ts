@@ -128,6 +128,9 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
     stderr: { file: logFile, append: true },
     reject: false,
     cleanup: true,
+    // own process group: a terminal's Ctrl-C reaches us, and we stop nbdkit after whatever uses
+    // the export (a device, a mount, a VM) is gone; --exit-with-parent still ends it with us
+    detached: true,
   });
   const exited = child.then((r) => ({ code: r.exitCode, signal: r.signal }));
   let done = false;

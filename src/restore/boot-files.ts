@@ -13,7 +13,8 @@
  * and given its final name without replacing anything (hard link, so a file appearing meanwhile
  * is not replaced either); missing parent directories are created.
  *
- * Local only: remote (SFTP) restores are handled elsewhere.
+ * Remote restores (BEHAVIOUR.md §8, §11.8) pass a {@link BootFileTarget} that checks and writes
+ * the destination on the remote host (through ssh) with the same no-replace rule.
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -23,7 +24,22 @@ import { parseDomainXml } from '../backup/domain-xml.js';
 import type { Logger } from '../log/logger.js';
 import { FileExistsError, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
 
+/** Where boot files are restored to: the local file system (default) or a remote host. */
+export interface BootFileTarget {
+  /** True when `dest` exists (any file type). */
+  exists(dest: string): Promise<boolean>;
+  /**
+   * Copies the local file `src` to `dest` (parents created), never replacing: rejects with
+   * FileExistsError when `dest` exists.
+   */
+  copyNoReplace(src: string, dest: string): Promise<void>;
+  /** Shown in log lines, e.g. ` on the remote host`. */
+  where?: string;
+}
+
 export interface BootFilesOptions {
+  /** Remote restore: write the destinations there. */
+  target?: BootFileTarget;
   /** Extension: restore below this directory instead of at the original paths. */
   root?: string;
   /** Idents of the earlier points of the restored chain, newest first (fallback copies). */
@@ -88,9 +104,17 @@ async function copyNoReplace(src: string, dest: string): Promise<void> {
   await syncDir(dir);
 }
 
-/** One boot file; true when it was copied. Unexpected file system errors are thrown. */
-async function restoreOne(input: string, original: string, base: string, dest: string, idents: Array<string | null>, log: Logger): Promise<boolean> {
-  let found: string | undefined;
+/**
+ * Name (in `input`) of the backup's copy of the boot file `original` for the first of `idents`
+ * that has one (null in `idents`: a copy set), or undefined. Also used by boot from backup.
+ */
+export async function findBootFileCopy(
+  input: string,
+  original: string,
+  idents: ReadonlyArray<string | null>,
+  log: Pick<Logger, 'debug' | 'info'>,
+): Promise<string | undefined> {
+  const base = posix.basename(original);
   for (const [i, id] of idents.entries()) {
     const name = copyName(base, id);
     if (name === undefined) {
@@ -98,28 +122,34 @@ async function restoreOne(input: string, original: string, base: string, dest: s
       continue;
     }
     if (await isRegularFile(join(input, name))) {
-      found = name;
       if (i > 0) log.info(`No copy of boot file [${original}] for this backup point, using [${name}] of an earlier one.`);
-      break;
+      return name;
     }
   }
+  return undefined;
+}
+
+/** One boot file; true when it was copied. Unexpected file system errors are thrown. */
+async function restoreOne(input: string, original: string, dest: string, idents: Array<string | null>, log: Logger, target: BootFileTarget): Promise<boolean> {
+  const found = await findBootFileCopy(input, original, idents, log);
   if (found === undefined) {
     log.warn(`Unable to identify backup file for [${original}] in specified backup folder [${input}]`);
     return false;
   }
   const src = join(input, found);
-  if (await pathExists(dest)) {
-    log.info(`File [${dest}] already exists, skipping.`);
+  const where = target.where ?? '';
+  if (await target.exists(dest)) {
+    log.info(`File [${dest}] already exists${where}, skipping.`);
     return false;
   }
   try {
-    await copyNoReplace(src, dest);
+    await target.copyNoReplace(src, dest);
   } catch (e) {
     if (!(e instanceof FileExistsError)) throw e;
-    log.info(`File [${dest}] already exists, skipping.`);
+    log.info(`File [${dest}] already exists${where}, skipping.`);
     return false;
   }
-  log.info(`Restored boot file [${src}] to [${dest}]`);
+  log.info(`Restored boot file [${src}] to [${dest}]${where}`);
   return true;
 }
 
@@ -148,11 +178,10 @@ export async function restoreBootFiles(
       result.skipped.push(original);
       continue;
     }
-    const base = posix.basename(original);
     const dest = root !== undefined ? join(root, original) : original;
 
     try {
-      if (await restoreOne(input, original, base, dest, idents, log)) result.copied.push(dest);
+      if (await restoreOne(input, original, dest, idents, log, opts.target ?? { exists: pathExists, copyNoReplace })) result.copied.push(dest);
       else result.skipped.push(dest);
     } catch (e) {
       log.error(`Failed to restore boot file [${original}] to [${dest}]: ${errorMessage(e)}`);

@@ -3,6 +3,14 @@
  * of the resolved map are written, each byte once (BEHAVIOUR.md §11.6). Zero extents and holes
  * are never written, so the result stays thin.
  *
+ * `compress` (`virtnbdrestore --compress`, qcow2 only): the image is served through qemu's
+ * `compress` filter driver, which writes every cluster compressed. A compressed cluster can be
+ * written only once (a second write of it fails with EIO) and the filter's request alignment is
+ * the cluster size, so the own copier then writes whole, aligned clusters: the data of each
+ * 4 MiB window is assembled in memory (zeros between extents of the same cluster) and every
+ * cluster holding data is written exactly once; clusters without data are not written. LZ4 frames
+ * spanning several windows are decoded once and shared by those windows.
+ *
  * Two ways (`method`):
  *
  * - `own` (default): our copier reads the saveset payloads directly — plain preads at the map's
@@ -60,6 +68,10 @@ export interface CopyOptions {
   signal?: AbortSignal;
   /** Debug messages (argv of the helpers started). */
   debug?: (msg: string) => void;
+  /** Write compressed qcow2 clusters (qcow2 targets only; see the module comment). */
+  compress?: boolean;
+  /** The target's qcow2 cluster size (compress only; default 64 KiB). */
+  clusterSize?: number;
 }
 
 export interface CopyResult {
@@ -88,6 +100,9 @@ export async function copyChain(o: CopyOptions): Promise<CopyResult> {
   const t0 = performance.now();
   if (o.signal?.aborted) throw abortError(o.signal);
   const total = dataBytes(o.map);
+  if (o.compress && o.target.format !== 'qcow2') throw new CopyError(`compressed writes need a qcow2 target, not ${o.target.format}`);
+  const cs = o.clusterSize ?? 65536;
+  if (o.compress && (!Number.isInteger(cs) || cs < 512 || cs > 2 << 20 || (cs & (cs - 1)) !== 0)) throw new CopyError(`invalid cluster size ${cs}`);
   if ((o.method ?? 'own') === 'qemu-img') await copyWithQemuImg(o, total);
   else await copyOwn(o, total);
   return { bytes: total, seconds: (performance.now() - t0) / 1000 };
@@ -116,11 +131,21 @@ function directIoWorks(path: string): boolean {
 }
 
 /** Start qemu-nbd (foreground, not persistent) on a unix socket for `path`. */
-async function startQemuNbd(path: string, format: ImageFormat, cache: string, socket: string | undefined, debug?: (m: string) => void): Promise<QemuNbd> {
+async function startQemuNbd(
+  path: string,
+  format: ImageFormat,
+  cache: string,
+  socket: string | undefined,
+  compress: boolean,
+  debug?: (m: string) => void,
+): Promise<QemuNbd> {
   if (socket !== undefined && existsSync(socket)) throw new CopyError(`socket path [${socket}] exists; refusing to replace it`);
   const dir = mkdtempSync(join(tmpdir(), 'virtnbd-restore-'));
   const sock = socket ?? join(dir, 'nbd.sock');
-  const args = ['--format', format, '--cache', cache, '--aio', 'threads', '-x', 'restore', '-k', sock, path];
+  const image = compress
+    ? ['--image-opts', `driver=compress,file.driver=${format},file.file.driver=file,file.file.filename=${path.replace(/,/g, ',,')}`]
+    : ['--format', format, path];
+  const args = ['--cache', cache, '--aio', 'threads', '-x', 'restore', '-k', sock, ...image];
   debug?.(`qemu-nbd ${args.join(' ')}`);
   const child: ResultPromise = execa('qemu-nbd', args, { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', cleanup: true });
   let done = false;
@@ -196,6 +221,33 @@ class Budget {
   }
 }
 
+/**
+ * Reusable buffers for compressed frames, by power-of-two size class (at least 1 MiB): a fresh
+ * large Buffer per frame costs page faults and makes V8 collect often for its external memory.
+ * Keeps at most `keep` bytes of free buffers.
+ */
+class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private freeBytes = 0;
+  constructor(private readonly keep: number) {}
+  take(n: number): Buffer {
+    const cls = Math.max(1 << 20, 2 ** Math.ceil(Math.log2(Math.max(1, n))));
+    const b = this.free.get(cls)?.pop();
+    if (b) {
+      this.freeBytes -= b.length;
+      return b;
+    }
+    return Buffer.allocUnsafeSlow(cls);
+  }
+  give(b: Buffer): void {
+    if (this.freeBytes + b.length > this.keep) return;
+    const list = this.free.get(b.length) ?? [];
+    list.push(b);
+    this.free.set(b.length, list);
+    this.freeBytes += b.length;
+  }
+}
+
 /** Reads exactly buf.length bytes at `pos`, or fails naming the file and offset. */
 async function readFully(fh: FileHandle, file: string, buf: Buffer, pos: number): Promise<void> {
   let got = 0;
@@ -254,12 +306,17 @@ function* jobsOf(map: ExtentMap, piece: number): Generator<Job> {
 /** Our copier: saveset payloads → NbdClient → qemu-nbd → image. */
 async function copyOwn(o: CopyOptions, total: number): Promise<void> {
   const cache = o.cache ?? (directIoWorks(o.target.path) ? 'none' : 'writeback');
-  const nbd = await startQemuNbd(o.target.path, o.target.format, cache, o.socket, o.debug);
+  const nbd = await startQemuNbd(o.target.path, o.target.format, cache, o.socket, o.compress === true, o.debug);
   let client: NbdClient | undefined;
   try {
-    client = await connectRetry(nbd.uri, nbd.exited);
+    client = await connectRetry(nbd.uri, nbd.exited).catch(async (e: unknown) => {
+      const r = await Promise.race([nbd.exited, sleep(100).then(() => undefined)]);
+      if (r) throw new CopyError(`qemu-nbd failed for [${o.target.path}] (exit ${r.code ?? r.signal}): ${r.stderr}`);
+      throw e;
+    });
     if (client.size() < o.map.size) throw new CopyError(`target image [${o.target.path}] is smaller (${client.size()}) than the disk (${o.map.size})`);
-    await writeExtents(o, client, total);
+    if (o.compress) await writeClusters(o, client, total, o.clusterSize ?? 65536);
+    else await writeExtents(o, client, total);
     await client.flush();
     await client.shutdown();
     client = undefined;
@@ -274,7 +331,8 @@ async function copyOwn(o: CopyOptions, total: number): Promise<void> {
 async function writeExtents(o: CopyOptions, client: NbdClient, total: number): Promise<void> {
   const map = o.map;
   const piece = Math.min(o.pieceSize ?? 4 << 20, client.maxRequest());
-  const budget = new Budget(Math.max(o.inflightBytes ?? 64 << 20, piece));
+  const budgetLimit = Math.max(o.inflightBytes ?? 64 << 20, piece);
+  const budget = new Budget(budgetLimit);
   const handles = new Map<number, Promise<FileHandle>>();
   const fileOf = (i: number): Promise<FileHandle> => {
     let h = handles.get(i);
@@ -309,12 +367,19 @@ async function writeExtents(o: CopyOptions, client: NbdClient, total: number): P
     advance(job.length);
   };
 
+  const frames = new BufferPool(2 * budgetLimit);
   const lz4Job = async (slices: MapExtent[]): Promise<void> => {
     const f = slices[0];
     const file = map.files[f.file];
-    const frame = Buffer.allocUnsafe(f.csize);
-    await readFully(await fileOf(f.file), file, frame, f.fileOffset);
-    const decoded = await decodeLz4FrameAsync(frame, f.usize, file, f.fileOffset);
+    const held = frames.take(f.csize);
+    let decoded: Buffer;
+    try {
+      const frame = held.subarray(0, f.csize);
+      await readFully(await fileOf(f.file), file, frame, f.fileOffset);
+      decoded = await decodeLz4FrameAsync(frame, f.usize, file, f.fileOffset);
+    } finally {
+      frames.give(held);
+    }
     await Promise.all(slices.map((s) => client.pwrite(decoded.subarray(s.sliceOffset, s.sliceOffset + s.length), s.start)));
     advance(slices.reduce((n, s) => n + s.length, 0));
   };
@@ -351,6 +416,154 @@ async function writeExtents(o: CopyOptions, client: NbdClient, total: number): P
   if (done !== total) throw new CopyError(`copied ${done} data bytes, expected ${total}`);
 }
 
+// ------------------------------------------------------------------------------------ compressed
+
+/** A window of whole clusters and the data extents inside it (clipped to it), in guest order. */
+interface Window {
+  start: number;
+  length: number;
+  parts: MapExtent[];
+}
+
+/** The windows (`win`-aligned, `win` bytes, the last one cut at `size`) that hold data. */
+export function* dataWindows(map: ExtentMap, win: number): Generator<Window> {
+  let cur: Window | undefined;
+  for (const e of map.extents) {
+    if (e.kind === ExtentKind.Zero) continue;
+    for (let at = e.start; at < e.start + e.length; ) {
+      const ws = Math.floor(at / win) * win;
+      const end = Math.min(e.start + e.length, ws + win);
+      if (cur && cur.start !== ws) {
+        yield cur;
+        cur = undefined;
+      }
+      cur ??= { start: ws, length: Math.min(win, map.size - ws), parts: [] };
+      const d = at - e.start;
+      cur.parts.push({
+        ...e,
+        start: at,
+        length: end - at,
+        fileOffset: e.kind === ExtentKind.Raw ? e.fileOffset + d : e.fileOffset,
+        sliceOffset: e.kind === ExtentKind.Lz4 ? e.sliceOffset + d : 0,
+      });
+      at = end;
+    }
+  }
+  if (cur) yield cur;
+}
+
+/** The runs of whole clusters that hold data in a window: [start, end) guest offsets, end cut at `limit`. */
+export function clusterRuns(w: Window, cs: number, limit: number): [number, number][] {
+  const runs: [number, number][] = [];
+  for (const p of w.parts) {
+    const s = Math.floor(p.start / cs) * cs;
+    const e = Math.min(Math.ceil((p.start + p.length) / cs) * cs, limit);
+    const last = runs[runs.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else runs.push([s, e]);
+  }
+  return runs;
+}
+
+/** Compressed copy: every cluster holding data written whole and once (see the module comment). */
+async function writeClusters(o: CopyOptions, client: NbdClient, total: number, cs: number): Promise<void> {
+  const map = o.map;
+  const limit = client.size();
+  const win = Math.max(cs, Math.floor(Math.min(4 << 20, client.maxRequest()) / cs) * cs);
+  if (win > client.maxRequest()) throw new CopyError(`cluster size ${cs} exceeds the NBD server's largest request (${client.maxRequest()})`);
+  const budget = new Budget(Math.max(o.inflightBytes ?? 64 << 20, 2 * win));
+  const handles = new Map<number, Promise<FileHandle>>();
+  const fileOf = (i: number): Promise<FileHandle> => {
+    let h = handles.get(i);
+    if (!h) {
+      h = open(map.files[i], 'r');
+      handles.set(i, h);
+    }
+    return h;
+  };
+  // LZ4 frames: decoded once, kept while a window still needs them.
+  const refs = new Map<string, number>();
+  for (const w of dataWindows(map, win)) {
+    for (const k of new Set(w.parts.filter((p) => p.kind === ExtentKind.Lz4).map(frameKey))) refs.set(k, (refs.get(k) ?? 0) + 1);
+  }
+  const decoded = new Map<string, Promise<Buffer>>();
+  const frameOf = (p: MapExtent): Promise<Buffer> => {
+    const k = frameKey(p);
+    let d = decoded.get(k);
+    if (!d) {
+      d = (async () => {
+        const frame = Buffer.allocUnsafe(p.csize);
+        await readFully(await fileOf(p.file), map.files[p.file], frame, p.fileOffset);
+        return decodeLz4FrameAsync(frame, p.usize, map.files[p.file], p.fileOffset);
+      })();
+      decoded.set(k, d);
+    }
+    return d;
+  };
+  const release = (k: string): void => {
+    const n = (refs.get(k) ?? 1) - 1;
+    if (n > 0) refs.set(k, n);
+    else {
+      refs.delete(k);
+      decoded.delete(k);
+    }
+  };
+  let done = 0;
+  let failure: unknown;
+  const running = new Set<Promise<void>>();
+
+  const windowJob = async (w: Window): Promise<void> => {
+    const buf = Buffer.alloc(Math.max(w.length, Math.min(win, limit - w.start)));
+    const frames = new Set<string>();
+    try {
+      for (const p of w.parts) {
+        const dst = buf.subarray(p.start - w.start, p.start - w.start + p.length);
+        if (p.kind === ExtentKind.Raw) await readFully(await fileOf(p.file), map.files[p.file], dst, p.fileOffset);
+        else {
+          frames.add(frameKey(p));
+          (await frameOf(p)).copy(dst, 0, p.sliceOffset, p.sliceOffset + p.length);
+        }
+      }
+    } finally {
+      for (const k of frames) release(k);
+    }
+    await Promise.all(clusterRuns(w, cs, limit).map(([s, e]) => client.pwrite(buf.subarray(s - w.start, e - w.start), s)));
+    done += w.parts.reduce((n, p) => n + p.length, 0);
+    o.progress?.(done, total);
+  };
+
+  try {
+    for (const w of dataWindows(map, win)) {
+      if (failure !== undefined) break;
+      if (o.signal?.aborted) {
+        failure = abortError(o.signal);
+        break;
+      }
+      const took = await budget.take(2 * w.length);
+      if (failure !== undefined) {
+        budget.give(took);
+        break;
+      }
+      const p: Promise<void> = windowJob(w)
+        .catch((e: unknown) => {
+          failure ??= e;
+        })
+        .finally(() => {
+          budget.give(took);
+          running.delete(p);
+        });
+      running.add(p);
+    }
+    await Promise.all(running);
+  } finally {
+    await Promise.all(running);
+    decoded.clear();
+    for (const h of handles.values()) await h.then((fh) => fh.close()).catch(() => undefined);
+  }
+  if (failure !== undefined) throw failure;
+  if (done !== total) throw new CopyError(`copied ${done} data bytes, expected ${total}`);
+}
+
 // ------------------------------------------------------------------------------------ qemu-img
 
 /** nbdkit + our plugin serving the chain, `qemu-img convert -n --target-is-zero` into the image. */
@@ -361,7 +574,8 @@ async function copyWithQemuImg(o: CopyOptions, total: number): Promise<void> {
     throw e;
   });
   try {
-    const args = ['convert', '-p', '-n', '--target-is-zero', '-W', '-f', 'raw', '-O', o.target.format, srv.uri, o.target.path];
+    // qemu-img refuses out-of-order writes (-W) together with compression (-c).
+    const args = ['convert', '-p', '-n', '--target-is-zero', ...(o.compress ? ['-c'] : ['-W']), '-f', 'raw', '-O', o.target.format, srv.uri, o.target.path];
     o.debug?.(`qemu-img ${args.join(' ')}`);
     const child = execa('qemu-img', args, { reject: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true }, cancelSignal: o.signal });
     child.stdout?.on('data', (c: Buffer) => {
@@ -376,4 +590,21 @@ async function copyWithQemuImg(o: CopyOptions, total: number): Promise<void> {
     await srv.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// ------------------------------------------------------------------------------------ remote
+
+/**
+ * Remote restore (BEHAVIOUR.md §11.9): the same sparse copy through an already open connection
+ * to a qemu-nbd that serves `o.target` elsewhere (started through ssh). Flushes; the caller
+ * closes `client`. `o.method`, `o.cache` and `o.socket` do not apply.
+ */
+export async function copyChainToClient(o: CopyOptions, client: NbdClient): Promise<CopyResult> {
+  const t0 = performance.now();
+  if (o.signal?.aborted) throw abortError(o.signal);
+  const total = dataBytes(o.map);
+  if (client.size() < o.map.size) throw new CopyError(`target image [${o.target.path}] is smaller (${client.size()}) than the disk (${o.map.size})`);
+  await writeExtents(o, client, total);
+  await client.flush();
+  return { bytes: total, seconds: (performance.now() - t0) / 1000 };
 }

@@ -2,10 +2,11 @@
  * libvirt side of a restore's configuration output (BEHAVIOUR.md §11.7, after the adjusted XML
  * was written): `-D/--define` defines the domain from the adjusted XML and, when the set holds an
  * `autostart.*` file, marks it autostart; the storage pool whose target path is the output
- * directory is refreshed so that libvirt sees the new images.
+ * directory is refreshed so that libvirt sees the new images (remote restores: the remote libvirt
+ * and the remote path).
  */
 import { realpath } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { posix, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import type { StoragePoolInfo, VirtConnection, VirtDomain } from '../virt/client.js';
 
@@ -43,7 +44,7 @@ export async function defineRestored(conn: VirtConnection, xml: string, opts: De
   return dom;
 }
 
-async function realOrSelf(p: string): Promise<string> {
+async function localRealOrSelf(p: string): Promise<string> {
   try {
     return await realpath(p);
   } catch {
@@ -57,8 +58,10 @@ async function realOrSelf(p: string): Promise<string> {
  * the refresh fails; an inactive matching pool is left alone (INFO: it scans when started).
  * Returns the names of the refreshed pools.
  */
-export async function refreshPoolFor(conn: VirtConnection, outputDir: string, log: Logger): Promise<string[]> {
-  const dir = resolve(outputDir);
+export async function refreshPoolFor(conn: VirtConnection, outputDir: string, log: Logger, opts: { remote?: boolean } = {}): Promise<string[]> {
+  // Remote (§11.9): the paths are the remote host's; symlinks cannot be resolved here.
+  const realOrSelf = opts.remote === true ? async (p: string): Promise<string> => p : localRealOrSelf;
+  const dir = opts.remote === true ? posix.resolve('/', outputDir) : resolve(outputDir);
   let pools: StoragePoolInfo[];
   try {
     pools = await conn.storagePools();
@@ -70,7 +73,7 @@ export async function refreshPoolFor(conn: VirtConnection, outputDir: string, lo
   const matching: StoragePoolInfo[] = [];
   for (const p of pools) {
     if (p.targetPath === undefined) continue;
-    const target = resolve(p.targetPath);
+    const target = opts.remote === true ? posix.resolve('/', p.targetPath) : resolve(p.targetPath);
     if (target === dir || (await realOrSelf(target)) === realDir) matching.push(p);
   }
   if (matching.length === 0) {

@@ -6,6 +6,12 @@
  * removes the partial image (and an external data file created for it) and rejects with a
  * {@link RestoreError} whose message says what failed.
  *
+ * Resized disks: the image gets the virtual size of the selected point; the resolver drops older
+ * data beyond any later, smaller size (src/chain/resize.ts, resolve.ts); each resize is logged.
+ * With `compress` (`--compress`) a qcow2 image is written with compressed clusters (copy-chain.ts);
+ * where that is impossible (other formats, external data file, preallocation, a size that is not a
+ * multiple of the cluster size) it is written uncompressed with an INFO line.
+ *
  * With `raw` (`--raw`), a raw-format disk whose selected file is a plain raw image is copied
  * byte for byte (holes kept) instead: no qemu-img, no NBD.
  */
@@ -15,6 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { execa } from 'execa';
 import { chainFromDir, discoverBackupDir, resolveSelected, type Chain, type ChainFile } from '../chain/index.js';
 import { isRawImageFile } from '../chain/data-file.js';
+import { sizeChanges } from '../chain/resize.js';
 import { dataBytes } from '../chain/extent-map.js';
 import type { Logger } from '../log/logger.js';
 import { copyChain, type CopyMethod } from './copy-chain.js';
@@ -78,6 +85,8 @@ export interface RestoreDiskOptions {
   socket?: string;
   /** Copy method (copy-chain.ts); default `own`. */
   method?: CopyMethod;
+  /** `--compress`: write compressed qcow2 clusters (qemu's compress driver); qcow2 targets only. */
+  compress?: boolean;
 }
 
 export interface RestoreDiskResult {
@@ -168,6 +177,8 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
   }
   const last = chain.files[chain.files.length - 1];
   const virtualSize = last.metadata.virtualSize;
+  for (const c of sizeChanges(chain))
+    log.info(`Disk [${o.dev}] was ${c.to > c.from ? 'grown' : 'shrunk'} from ${c.from} to ${c.to} bytes at [${c.file}]${c.to < c.from ? ': data beyond the new end is dropped' : ''}.`);
 
   // 2. the image
   let format;
@@ -195,6 +206,20 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
   }
 
   // 3. the data, 4. publication
+  let compress = o.compress === true;
+  if (compress && format !== 'qcow2') {
+    log.info(`Compression applies to qcow2 images only: the ${format} image [${target.path}] is written uncompressed.`);
+    compress = false;
+  } else if (compress && target.dataFile !== undefined) {
+    log.info(`Compression is not possible with an external data file: the image [${target.path}] is written uncompressed.`);
+    compress = false;
+  } else if (compress && virtualSize % (qcow?.clusterSize ?? 65536) !== 0) {
+    log.info(`Compression needs a virtual size that is a multiple of the cluster size: the image [${target.path}] is written uncompressed.`);
+    compress = false;
+  } else if (compress && o.preallocate) {
+    log.info(`Compression is not possible in a preallocated image: the image [${target.path}] is written uncompressed.`);
+    compress = false;
+  }
   let stage: RestoreStage = 'copy';
   try {
     await copyChain({
@@ -205,6 +230,8 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
       signal: o.signal,
       socket: o.socket,
       debug: (m) => log.debug(m),
+      compress,
+      clusterSize: qcow?.clusterSize,
     });
     checkAborted(o.signal);
     stage = 'publish';

@@ -3,10 +3,15 @@
  * vmconfig, restore every disk (resolved chain copied sparsely into a new image written under a
  * temporary name), then the configuration (`-c` adjusted or verbatim), boot files, pool refresh
  * and `-D` define. Any failed disk makes the run exit 1; no half image is left under a final name.
+ *
+ * Remote mode (`qemu+ssh` URI, §11.9): `--output` must be absolute and names a directory on the
+ * remote host; the images are created and served there through ssh (src/remote/restore-disk.ts),
+ * the configuration and boot files are uploaded, pools are refreshed and `-D` defines through the
+ * remote libvirt.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { basename, join, posix, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { humanSize } from '../util/humanize.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
@@ -18,7 +23,11 @@ import { RestoreInputError } from './dump-files.js';
 import { selectPointFiles, requireVmconfig, NoVmconfigError, type SelectedPoint } from './point.js';
 import { restoreDisk, type RestoreDiskResult } from './restore-disk.js';
 import { adjustConfig, restoredDiskList } from './adjust-config.js';
-import { restoreBootFiles } from './boot-files.js';
+import { restoreBootFiles, type BootFileTarget } from './boot-files.js';
+import { FileExistsError } from '../util/atomic-file.js';
+import { checkPortRange, isRemoteUri, openRemoteSession, remoteHostName, uriHost, type RemoteOptions } from '../remote/host.js';
+import { restoreDiskRemote } from '../remote/restore-disk.js';
+import { RemoteFileExistsError, type SshRunner, type SshSession } from '../remote/ssh.js';
 import { defineRestored, refreshPoolFor } from './define.js';
 import { isPlainName } from './target-image.js';
 import type { ProgressBar } from '../backup/progress.js';
@@ -38,11 +47,17 @@ export interface RestoreOptions {
   name?: string;
   bufferSize: number;
   preallocate: boolean;
+  /** `--compress`: write compressed qcow2 clusters (qemu's compress driver). */
+  compress?: boolean;
   uri: string;
   user?: string;
   password?: string;
   json: boolean;
+  /** The remote option group (used when `uri` contains `qemu+ssh`, §11.9). */
+  remote?: RemoteOptions;
 }
+
+const REMOTE_DEFAULTS: RemoteOptions = { sshPort: 22, nbdPort: 10809, nbdIp: '', tls: false, tlsCert: '/etc/pki/qemu/' };
 
 export interface RestoreEnv {
   log: Logger;
@@ -50,6 +65,8 @@ export interface RestoreEnv {
   out: (text: string) => void;
   progress?: (label: string, total: number) => ProgressBar;
   signal: AbortSignal;
+  /** Remote mode: more ssh client arguments (tests: a private known-hosts file), or another runner. */
+  ssh?: { extraArgs?: string[]; runner?: SshRunner };
 }
 
 export interface RestoreSummary {
@@ -93,7 +110,50 @@ export async function runRestore(o: RestoreOptions, env: RestoreEnv): Promise<Re
 
 async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, summary: RestoreSummary): Promise<number> {
   const log = env.log;
-  const output = resolve(o.output);
+  const remote = isRemoteUri(o.uri);
+  if (remote && !o.output.startsWith('/')) throw new RestoreInputError('Absolute target path required for restore to remote system');
+  const output = remote ? posix.normalize(o.output) : resolve(o.output);
+  const session: { conn?: VirtConnection; ssh?: SshSession } = {};
+  try {
+    return await restoreSteps(o, env, input, summary, output, remote, session);
+  } finally {
+    await session.ssh?.close();
+    await session.conn?.close().catch(() => undefined);
+  }
+}
+
+/** Remote mode: libvirt (for the host name, pool refresh and -D) and the ssh session (§8, §11.9). */
+async function openRemote(o: RestoreOptions, env: RestoreEnv, define: boolean, session: { conn?: VirtConnection; ssh?: SshSession }): Promise<SshSession> {
+  const log = env.log;
+  const ropt: RemoteOptions = { ...REMOTE_DEFAULTS, ...(o.remote ?? {}) };
+  let reported = '';
+  try {
+    session.conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
+    reported = await session.conn.hostname();
+  } catch (e) {
+    if (define) throw new RestoreInputError(`Unable to connect libvirt: [${msg(e)}]: cannot define VM`);
+    log.warn(`Unable to connect libvirt: [${msg(e)}]: using the host of the URI [${uriHost(o.uri)}], storage pools not refreshed.`);
+  }
+  const host = await remoteHostName(reported, o.uri, log);
+  try {
+    session.ssh = await openRemoteSession(host, ropt, log, env.ssh);
+  } catch {
+    throw new RestoreInputError('Remote restore detected but ssh session setup failed');
+  }
+  return session.ssh;
+}
+
+async function restoreSteps(
+  o: RestoreOptions,
+  env: RestoreEnv,
+  input: string,
+  summary: RestoreSummary,
+  output: string,
+  remote: boolean,
+  session: { conn?: VirtConnection; ssh?: SshSession },
+): Promise<number> {
+  const log = env.log;
+  const ropt: RemoteOptions = { ...REMOTE_DEFAULTS, ...(o.remote ?? {}) };
   let adjust = o.adjustConfig || o.define;
   let define = o.define;
   if (o.sequence !== undefined) {
@@ -133,12 +193,24 @@ async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, sum
     }
     if (disks.length === 0) throw new RestoreInputError('Unable to parse disks from config');
   }
-  await mkdir(output, { recursive: true });
+  if (remote) {
+    try {
+      checkPortRange(ropt.nbdPort, disks.length);
+    } catch (e) {
+      throw new RestoreInputError(msg(e));
+    }
+  }
+  const ssh = remote ? await openRemote(o, env, define, session) : undefined;
+  const nbdHost = ropt.nbdIp !== '' ? ropt.nbdIp : ssh !== undefined ? ssh.options.host : '';
+  if (ssh !== undefined) {
+    await ssh.mkdirp(output);
+    log.info(`Restoring to [${output}] on the remote host [${ssh.options.host}], NBD ports [${ropt.nbdPort}-${ropt.nbdPort + disks.length - 1}]`);
+  } else await mkdir(output, { recursive: true });
 
   // The disks, in parallel (P5); each is its own image.
   let failed = 0;
   const results = await Promise.all(
-    disks.map(async (d) => {
+    disks.map(async (d, index) => {
       const dlog = log.child(d.dev);
       let idents: string[] = [];
       let qcowJson: string | undefined;
@@ -148,7 +220,7 @@ async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, sum
         qcowJson = p.qcowJson?.path;
         if (p.qcowJson === undefined && d.format !== 'raw') dlog.warn(`No QCOW image config found in [${o.input}], will use default options.`);
         const bar = env.progress?.(d.dev, 0);
-        const r = await restoreDisk({
+        const common = {
           input,
           output,
           dev: d.dev,
@@ -161,10 +233,22 @@ async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, sum
           raw: o.raw,
           log: dlog,
           signal: env.signal,
-          socket: o.socketFile !== undefined ? `${o.socketFile}.${d.dev}` : undefined,
-          printMeta: (json) => env.out(`${json}\n`),
-          progress: (done) => bar?.update(done),
-        });
+          printMeta: (json: string) => env.out(`${json}\n`),
+          progress: (done: number) => bar?.update(done),
+        };
+        if (ssh !== undefined && o.compress === true) dlog.warn('--compress is not supported for remote restores: the image is written uncompressed.');
+        const r =
+          ssh !== undefined
+            ? await restoreDiskRemote({
+                ...common,
+                ssh,
+                port: ropt.nbdPort + index,
+                connectHost: nbdHost,
+                bindIp: ropt.nbdIp,
+                tls: ropt.tls,
+                tlsCert: ropt.tlsCert,
+              })
+            : await restoreDisk({ ...common, compress: o.compress, socket: o.socketFile !== undefined ? `${o.socketFile}.${d.dev}` : undefined });
         bar?.done();
         dlog.info(
           `Restored disk [${d.dev}] to [${r.path}]: ${humanSize(r.dataBytes)} of data written, image occupies ${humanSize(r.allocatedBytes)} ` +
@@ -194,26 +278,34 @@ async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, sum
       for (const x of results) if (x !== undefined) restored.set(x.d.dev, x.r.path);
       xml = adjustConfig(vmconfigXml, { restored, keepRaw: o.raw, name: o.name, outputDir: output }, log);
     }
-    await writeFileAtomic(configPath, xml, { replace: false });
+    if (ssh !== undefined) {
+      try {
+        await ssh.writeFile(configPath, xml, { replace: false });
+      } catch (e) {
+        throw e instanceof RemoteFileExistsError ? new Error(`Target file already exists: [${configPath}], won't overwrite.`) : e;
+      }
+    } else await writeFileAtomic(configPath, xml, { replace: false });
     log.info(`Saved ${adjust ? 'adjusted' : 'original'} domain config to [${configPath}]${adjust ? '' : ': adjust it manually before defining the domain'}.`);
     if (!define) log.info(`Use 'virsh -c ${o.uri} define ${configPath}' to define VM`);
     const idents = results.find((x) => x !== undefined)?.idents ?? [point.ident];
     const ident = idents[0] === 'copy' ? null : idents[0]!;
-    await restoreBootFiles(input, vmconfigXml, ident, log, { earlierIdents: idents.slice(1) });
+    await restoreBootFiles(input, vmconfigXml, ident, log, { earlierIdents: idents.slice(1), ...(ssh !== undefined ? { target: remoteBootTarget(ssh) } : {}) });
 
-    let conn: VirtConnection | undefined;
-    try {
-      conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
-    } catch (e) {
-      if (define) {
-        log.error(`Unable to connect libvirt: [${msg(e)}]: cannot define VM`);
-        return 1;
+    let conn: VirtConnection | undefined = session.conn;
+    if (ssh === undefined) {
+      try {
+        conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
+      } catch (e) {
+        if (define) {
+          log.error(`Unable to connect libvirt: [${msg(e)}]: cannot define VM`);
+          return 1;
+        }
+        log.warn(`Unable to connect libvirt: [${msg(e)}]: storage pools not refreshed.`);
       }
-      log.warn(`Unable to connect libvirt: [${msg(e)}]: storage pools not refreshed.`);
     }
     if (conn !== undefined) {
       try {
-        await refreshPoolFor(conn, output, log);
+        await refreshPoolFor(conn, output, log, { remote: ssh !== undefined });
         if (define) {
           const autostart = readdirSync(input).some((n) => n.startsWith('autostart.'));
           const dom = await defineRestored(conn, xml, { autostart }, log);
@@ -223,7 +315,7 @@ async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, sum
         log.error(msg(e));
         errors++;
       } finally {
-        await conn.close().catch(() => undefined);
+        if (conn !== session.conn) await conn.close().catch(() => undefined);
       }
     }
   }
@@ -232,4 +324,20 @@ async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, sum
   log.info(`Restore of ${summary.disks.length} disk(s) finished: ${humanSize(total)} of data written, images occupy ${humanSize(alloc)}.`);
   if (o.json) env.out(`${JSON.stringify({ disks: summary.disks })}\n`);
   return errors > 0 || log.counts.errors > 0 ? 1 : 0;
+}
+
+/** Boot files of a remote restore go to the remote host (§11.8: SFTP), never replacing. */
+function remoteBootTarget(ssh: SshSession): BootFileTarget {
+  return {
+    where: ' on the remote host',
+    exists: (p) => ssh.exists(p),
+    copyNoReplace: async (src, dest) => {
+      try {
+        await ssh.writeFile(dest, { file: src }, { mkdirs: true, mode: 0o644 });
+      } catch (e) {
+        if (e instanceof RemoteFileExistsError) throw new FileExistsError(dest);
+        throw e;
+      }
+    },
+  };
 }

@@ -51,6 +51,10 @@ export const CHECKPOINT_DELETE = { CHILDREN: 1, METADATA_ONLY: 2, CHILDREN_ONLY:
 export const GUEST_INFO = { USERS: 1, OS: 2, TIMEZONE: 4, HOSTNAME: 8, FILESYSTEM: 16, DISKS: 32, INTERFACES: 64 } as const;
 /** virDomainQemuMonitorCommandFlags */
 export const QEMU_MONITOR = { DEFAULT: 0, HMP: 1 } as const;
+/** virDomainBlockCopyFlags */
+export const BLOCK_COPY = { SHALLOW: 1, REUSE_EXT: 2, TRANSIENT_JOB: 4, SYNCHRONOUS_WRITES: 8 } as const;
+/** virDomainBlockJobAbortFlags */
+export const BLOCK_JOB_ABORT = { ASYNC: 1, PIVOT: 2 } as const;
 /** virErrorNumber values callers test for (VirtError.code). */
 export const VIR_ERR = {
   OK: 0,
@@ -353,10 +357,39 @@ export class VirtDomain {
     return nat(() => this.h.getGuestInfo(types, 0));
   }
 
+  /** Asks the guest to shut down (ACPI / agent, flags: virDomainShutdownFlagValues); returns at once. */
+  shutdown(flags = 0): Promise<void> {
+    return nat(() => this.h.shutdown(flags));
+  }
+
+  /** Starts a block copy (mirror) of `disk` into the target described by `destXml` (flags: BLOCK_COPY). */
+  blockCopy(disk: string, destXml: string, flags = 0): Promise<void> {
+    return nat(() => this.h.blockCopy(disk, destXml, flags));
+  }
+
+  /** Progress of the block job on `disk`, or null when it has none. */
+  blockJobInfo(disk: string): Promise<{ type: number; cur: number; end: number; bandwidth: number } | null> {
+    return nat(() => this.h.getBlockJobInfo(disk));
+  }
+
+  /** Ends the block job on `disk`; with BLOCK_JOB_ABORT.PIVOT a ready copy becomes the disk. */
+  blockJobAbort(disk: string, flags = 0): Promise<void> {
+    return nat(() => this.h.blockJobAbort(disk, flags));
+  }
+
   /** Raw monitor command (libvirt-qemu); HMP by default, `hmp: false` for QMP JSON. */
   qemuMonitorCommand(cmd: string, opts: { hmp?: boolean } = {}): Promise<string> {
     const flags = opts.hmp === false ? QEMU_MONITOR.DEFAULT : QEMU_MONITOR.HMP;
     return nat(() => this.h.qemuMonitorCommand(cmd, flags));
+  }
+
+  /**
+   * Raw guest-agent command (libvirt-qemu virDomainQemuAgentCommand): `cmd` is the agent's JSON
+   * request, the result its JSON reply. `timeoutS`: seconds to wait for the agent (> 0), or -2
+   * (libvirt's default), -1 (block), 0 (do not wait). No agent → VirtError with libvirt's code.
+   */
+  agentCommand(cmd: string, timeoutS: number): Promise<string> {
+    return nat(() => this.h.qemuAgentCommand(cmd, timeoutS, 0));
   }
 }
 

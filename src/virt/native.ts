@@ -40,6 +40,11 @@ export interface NativeVirtDomain {
   fsThaw(mountpoints?: string[] | null, flags?: number): Promise<number>;
   getGuestInfo(types?: number, flags?: number): Promise<NativeTypedParams>;
   qemuMonitorCommand(cmd: string, flags?: number): Promise<string>;
+  qemuAgentCommand(cmd: string, timeoutSeconds: number, flags?: number): Promise<string>;
+  shutdown(flags?: number): Promise<void>;
+  blockCopy(disk: string, destXml: string, flags?: number): Promise<void>;
+  getBlockJobInfo(disk: string): Promise<{ type: number; cur: number; end: number; bandwidth: number } | null>;
+  blockJobAbort(disk: string, flags?: number): Promise<void>;
 }
 
 export interface NativeVirtConnect {

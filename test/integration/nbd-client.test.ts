@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdClient, NbdError, CMD_FLAG, STATE_HOLE, STATE_ZERO, type Extent } from '../../src/nbd/client.js';
-import { prng, randInt } from '../helpers/prng.js';
+import { prng, randInt } from '../../src/devtools/prng.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const ADDON = join(ROOT, 'build', 'Release', 'virtnbd_native.node');

@@ -18,7 +18,7 @@ import { execa } from 'execa';
 import { writeImageChain, type ChainPoint } from '../../src/devtools/image-chain.js';
 import { indexSaveset, readSavesetMetadata } from '../../src/saveset/reader.js';
 import { LZ4_CHUNK } from '../../src/saveset/types.js';
-import { prng, randInt } from '../helpers/prng.js';
+import { prng, randInt } from '../../src/devtools/prng.js';
 
 const ORIGINAL = '/usr/bin/virtnbdrestore';
 const HAVE_ORIGINAL = existsSync(ORIGINAL);

@@ -14,6 +14,7 @@ import { resolveChain } from '../../src/chain/resolve.js';
 import { ExtentKind, type ExtentMap, type MapExtent } from '../../src/chain/extent-map.js';
 import { decodeTable, encodeTable, TableError } from '../../src/plugin/table.js';
 import { FrameCache } from '../../src/plugin/frame-cache.js';
+import { sha256sums } from '../helpers/upstream-sets.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PLUGIN = join(ROOT, 'build', 'Release', 'nbdkit-virtnbd-plugin.so');
@@ -138,15 +139,6 @@ async function copyAndHash(uri: string, extraArgs: string[] = []): Promise<{ cod
   const sha = r.exitCode === 0 ? createHash('sha256').update(readFileSync(out)).digest('hex') : '';
   rmSync(out, { force: true });
   return { code: r.exitCode, sha, stderr: String(r.stderr) };
-}
-
-function sha256sums(set: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const line of readFileSync(join(SETS, set, 'SHA256SUMS'), 'utf8').split('\n')) {
-    const [sum, name] = line.trim().split(/\s+/);
-    if (sum && name) m.set(name, sum);
-  }
-  return m;
 }
 
 /** The files of each backup point (test/fixtures/upstream-sets/README.md). */

@@ -18,7 +18,7 @@ import { LZ4_CHUNK } from '../../src/saveset/types.js';
 import { startServer, type Server } from '../../src/map/nbdkit.js';
 import { NbdClient, STATE_HOLE, STATE_ZERO, type Extent } from '../../src/nbd/client.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
-import { prng, randInt } from '../helpers/prng.js';
+import { prng, randInt } from '../../src/devtools/prng.js';
 import { jest } from '@jest/globals';
 
 // ~20 s for the whole file normally; LZ4 chunks of 32 MiB are decoded by Node workers and slow down

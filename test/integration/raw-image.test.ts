@@ -11,7 +11,7 @@ import { startServer } from '../../src/map/nbdkit.js';
 import { chainFromDir, resolveSelected } from '../../src/chain/index.js';
 import { writeImageFile } from '../../src/devtools/image-chain.js';
 import { isRawImageFile } from '../../src/chain/data-file.js';
-import { prng } from '../helpers/prng.js';
+import { prng } from '../../src/devtools/prng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

@@ -36,8 +36,9 @@ import { ExtentKind } from '../../src/chain/extent-map.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
 import { SavesetWriter } from '../../src/saveset/writer.js';
 import { buildMetadata } from '../../src/saveset/metadata.js';
-import { prng, randInt } from '../helpers/prng.js';
+import { prng, randInt } from '../../src/devtools/prng.js';
 import { recordingLogger } from '../unit/backup/recording-logger.js';
+import { sha256sums, diffIdentIn } from '../helpers/upstream-sets.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SETS = join(ROOT, 'test', 'fixtures', 'upstream-sets');
@@ -66,20 +67,7 @@ function outDir(): string {
   return d;
 }
 
-function sha256sums(set: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const line of readFileSync(join(SETS, set, 'SHA256SUMS'), 'utf8').split('\n')) {
-    const [sum, name] = line.trim().split(/\s+/);
-    if (sum && name) m.set(name, sum);
-  }
-  return m;
-}
-
-function diffIdent(dir: string, disk: string): string {
-  const n = readdirSync(dir).find((x) => new RegExp(`^${disk}\\.diff\\.\\d+\\.data$`).test(x));
-  if (!n) throw new Error(`no diff for ${disk} in ${dir}`);
-  return n.split('.')[2];
-}
+const diffIdent = diffIdentIn;
 
 /** SHA-256 of the guest contents of an image, read back by qemu-img. */
 async function imageSha(path: string, format = 'qcow2'): Promise<string> {

@@ -13,13 +13,15 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { watchJsonLine } from '../helpers/json-line.js';
 import { execa, type ResultPromise } from 'execa';
 import { SavesetWriter } from '../../src/saveset/writer.js';
 import { buildMetadata } from '../../src/saveset/metadata.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { nbdDevicesPresent } from '../../src/map/device.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
-import { prng, randInt } from '../helpers/prng.js';
+import { prng, randInt } from '../../src/devtools/prng.js';
+import { sha256sums, diffIdentIn } from '../helpers/upstream-sets.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = join(ROOT, 'bin', 'virtnbdmap');
@@ -88,26 +90,10 @@ interface MapRun {
 async function startMap(args: string[], timeoutMs = 30_000): Promise<MapRun> {
   const t0 = performance.now();
   const proc = execa(process.execPath, [BIN, ...args, '--json', '-L', logFile], { reject: false, buffer: false, stdin: 'ignore' });
-  let out = '';
-  let err = '';
-  proc.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-  const run: MapRun = { proc, stderr: () => err, readyMs: 0 };
+  const watch = watchJsonLine(proc, timeoutMs);
+  const run: MapRun = { proc, stderr: watch.stderr, readyMs: 0 };
   running.add(run);
-  const line = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no JSON line within ${timeoutMs} ms; stderr:\n${err}`)), timeoutMs);
-    proc.stdout!.on('data', (c: Buffer) => {
-      out += c.toString();
-      const nl = out.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        resolve(out.slice(0, nl));
-      }
-    });
-    void proc.then((r) => {
-      clearTimeout(timer);
-      reject(new Error(`virtnbdmap exited (${r.exitCode ?? r.signal}) before printing JSON; stderr:\n${err}`));
-    });
-  });
+  const line = await watch.line;
   run.readyMs = performance.now() - t0;
   run.info = JSON.parse(line) as MapInfo;
   return run;
@@ -175,20 +161,7 @@ async function nbdcopySha(uri: string): Promise<string> {
   return h.digest('hex');
 }
 
-function sha256sums(set: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const line of readFileSync(join(SETS, set, 'SHA256SUMS'), 'utf8').split('\n')) {
-    const [sum, name] = line.trim().split(/\s+/);
-    if (sum && name) m.set(name, sum);
-  }
-  return m;
-}
-
-function diffIdent(set: string, disk: string): string {
-  const n = readdirSync(join(SETS, set, 'backup')).find((x) => new RegExp(`^${disk}\\.diff\\.\\d+\\.data$`).test(x));
-  if (!n) throw new Error(`no diff for ${disk} in ${set}`);
-  return n.split('.')[2];
-}
+const diffIdent = (set: string, disk: string): string => diffIdentIn(join(SETS, set, 'backup'), disk);
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -1,7 +1,7 @@
 import { resolveChain } from '../../../src/chain/resolve.js';
 import { ExtentKind, findExtent, type ExtentMap } from '../../../src/chain/extent-map.js';
 import type { SavesetIndex, ExtentFrame, Metadata } from '../../../src/saveset/types.js';
-import { prng, randInt } from '../../helpers/prng.js';
+import { prng, randInt } from '../../../src/devtools/prng.js';
 
 /** A synthetic file: its frames plus the bytes its raw payloads / decoded LZ4 chunks hold. */
 interface FakeFile {

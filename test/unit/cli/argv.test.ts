@@ -271,6 +271,16 @@ describe('virtnbdmap checks (ours)', () => {
     usage(map, ...M, '--workers', '0');
     expect(ok(map, ...M, '-t', '8').threads).toBe(8);
   });
+  test('instant recovery options: --boot needs -i; its options need --boot; --mount not with --boot', () => {
+    expect(usage(map, '-f', 'a', '--boot')).toBe('argument --boot: requires -i/--input (a backup directory with its vmconfig)');
+    expect(usage(map, '-i', '/set', '--name', 'x')).toBe('argument --name: requires --boot');
+    expect(usage(map, '-i', '/set', '--migrate-to', '/x')).toBe('argument --migrate-to: requires --boot');
+    expect(usage(map, '-i', '/set', '--boot', '--keep-overlays')).toBe('argument --keep-overlays: requires --overlay-dir (where the overlays are kept)');
+    expect(usage(map, '-i', '/set', '--boot', '--mount', '/mnt')).toBe('argument --mount: not allowed with argument --boot');
+    const v = ok(map, '-i', '/set', '--boot', '--name', 'vm', '--migrate-to', '/x', '--shutdown-timeout', '0');
+    expect([v.boot, v.name, v.migrateTo, v.shutdownTimeout, v.uri]).toEqual([true, 'vm', '/x', 0, 'qemu:///system']);
+    expect(ok(map, '-f', 'a', '--mount', '/mnt').mount).toBe('/mnt');
+  });
 });
 
 describe('virtnbdrestore checks (ours)', () => {

@@ -47,7 +47,13 @@ describe('short letters per command (CLI.md §2.1 letter table)', () => {
   });
   test('virtnbdmap extensions', () => {
     const ext = map.options.filter((o) => !o.original).map((o) => o.long).sort();
-    expect(ext).toEqual(['--disk', '--input', '--json', '--no-device', '--socket', '--until', '--workers'].sort());
+    expect(ext).toEqual(
+      [
+        '--disk', '--input', '--json', '--no-device', '--socket', '--until', '--workers',
+        // instant recovery (issue 5)
+        '--boot', '--name', '--uri', '--migrate-to', '--keep-overlays', '--overlay-dir', '--shutdown-timeout', '--mount',
+      ].sort(),
+    );
   });
 });
 

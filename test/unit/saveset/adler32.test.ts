@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Adler32, adler32File, formatChecksum, parseChecksumFile } from '../../../src/saveset/adler32.js';
-import { prng } from '../../helpers/prng.js';
+import { prng } from '../../../src/devtools/prng.js';
 import { tempDir } from './helpers.js';
 
 describe('Adler32', () => {

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { SavesetWriter } from '../../../src/saveset/writer.js';
 import { indexSaveset } from '../../../src/saveset/reader.js';
 import { LZ4_CHUNK } from '../../../src/saveset/types.js';
-import { prng, randInt } from '../../helpers/prng.js';
+import { prng, randInt } from '../../../src/devtools/prng.js';
 import { meta, tempDir } from './helpers.js';
 
 const PY = '/usr/bin/python3';

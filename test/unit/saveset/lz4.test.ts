@@ -3,7 +3,7 @@ import { xxh32 } from '@node-rs/xxhash';
 import { compressFrameSync } from 'lz4-napi';
 import { compressChunk, compressChunkAsync, decodeLz4Frame, decodeLz4FrameUnsized, parseLz4FrameHeader } from '../../../src/saveset/lz4.js';
 import { SavesetFormatError } from '../../../src/saveset/types.js';
-import { prng } from '../../helpers/prng.js';
+import { prng } from '../../../src/devtools/prng.js';
 
 /** The system Python, which has the lz4 module the original uses. */
 const PY = '/usr/bin/python3';

@@ -5,7 +5,7 @@ import { SavesetWriter } from '../../../src/saveset/writer.js';
 import { indexSaveset } from '../../../src/saveset/reader.js';
 import { adler32File } from '../../../src/saveset/adler32.js';
 import { LZ4_CHUNK, type DataFrame } from '../../../src/saveset/types.js';
-import { prng, randInt } from '../../helpers/prng.js';
+import { prng, randInt } from '../../../src/devtools/prng.js';
 import { meta, payloadOf, tempDir } from './helpers.js';
 
 interface Extent {

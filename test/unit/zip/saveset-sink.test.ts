@@ -11,7 +11,7 @@ import { SavesetWriter, SavesetWriterError } from '../../../src/saveset/writer.j
 import { indexSaveset } from '../../../src/saveset/reader.js';
 import type { Metadata } from '../../../src/saveset/types.js';
 import { ZipStreamWriter } from '../../../src/zip/writer.js';
-import { prng } from '../../helpers/prng.js';
+import { prng } from '../../../src/devtools/prng.js';
 import { parseZip, walkLocal } from './zip-layout.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'virtnbd-zipsink-'));

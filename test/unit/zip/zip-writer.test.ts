@@ -10,7 +10,7 @@ import { PassThrough, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { ZipStreamWriter, ZipWriterError, type ZipStreamOptions } from '../../../src/zip/writer.js';
 import { centralHeader, dataDescriptor, dosDateTime, endRecords } from '../../../src/zip/records.js';
-import { prng } from '../../helpers/prng.js';
+import { prng } from '../../../src/devtools/prng.js';
 import { parseCentral, parseZip, walkLocal } from './zip-layout.js';
 
 const PY = '/usr/bin/python3';

@@ -1,4 +1,4 @@
-/** A small seeded PRNG (mulberry32) so that property tests are reproducible from their seed. */
+/** A small seeded PRNG (mulberry32): reproducible test data for tests, benchmarks and the demo. */
 export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
