@@ -22,7 +22,7 @@
  * their range over the runs.
  * Exits non-zero only on errors; a missed target prints "below target".
  */
-import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { execa, type ResultPromise } from 'execa';
@@ -31,6 +31,7 @@ import { startServer, tail, type Server } from '../src/map/nbdkit.js';
 import { NbdClient } from '../src/nbd/client.js';
 import { packageRoot } from '../src/util/package-root.js';
 import { median, prng, table } from './bench-util.js';
+import { applyPieces, createImage, fullPieces, incPieces, type Piece } from './bench-data.js';
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes('--quick');
@@ -65,90 +66,6 @@ const fmt = (n: number, d = 0): string => n.toFixed(d);
 const human = (n: number): string => (n >= GiB ? `${n / GiB} GiB` : n >= MiB ? `${n / MiB} MiB` : `${n / KiB} KiB`);
 
 // ---------------------------------------------------------------- test data
-
-/** One write to an image: random/pattern bytes, or zeros. */
-interface Piece {
-  start: number;
-  length: number;
-  zero: boolean;
-  seed: number;
-}
-
-const POOL_SIZE = 16 * MiB;
-let pool: Buffer | undefined;
-function randomPool(): Buffer {
-  if (pool) return pool;
-  const r = prng(0xc0ffee);
-  const words = new Uint32Array(POOL_SIZE / 4);
-  for (let i = 0; i < words.length; i++) words[i] = (r() * 4294967296) >>> 0;
-  return (pool = Buffer.from(words.buffer));
-}
-
-/**
- * The bytes of a piece: per 64 KiB, either incompressible bytes from the random pool or a
- * 256 B–4 KiB random snippet repeated (compressible by LZ4, never all zeros).
- */
-function pieceBytes(p: Piece): Buffer {
-  if (p.zero) return Buffer.alloc(p.length);
-  const src = randomPool();
-  const out = Buffer.allocUnsafe(p.length);
-  const r = prng(p.seed);
-  for (let o = 0; o < p.length; o += 64 * KiB) {
-    const n = Math.min(64 * KiB, p.length - o);
-    const from = Math.floor(r() * (POOL_SIZE - 64 * KiB));
-    if (r() < 0.5) src.copy(out, o, from, from + n);
-    else out.fill(src.subarray(from, from + 256 + Math.floor(r() * 3840)), o, o + n);
-  }
-  return out;
-}
-
-/** Full: alternating holes and data extents of 64 KiB–8 MiB (4 KiB aligned), ~50% data. */
-function fullPieces(size: number, seed: number): Piece[] {
-  const r = prng(seed);
-  const ext = (): number => (16 + Math.floor(r() * (2048 - 16 + 1))) * 4 * KiB;
-  const out: Piece[] = [];
-  let pos = ext();
-  while (pos < size) {
-    const len = Math.min(ext(), size - pos);
-    out.push({ start: pos, length: len, zero: false, seed: Math.floor(r() * 2 ** 31) });
-    pos += len + ext();
-  }
-  return out;
-}
-
-/** One incremental: ~2% of the disk in random 4–512 KiB places, 80% rewritten, 20% zeroed. */
-function incPieces(size: number, seed: number): Piece[] {
-  const r = prng(seed);
-  const out: Piece[] = [];
-  let total = 0;
-  while (total < size * 0.02) {
-    const len = (1 + Math.floor(r() * 128)) * 4 * KiB;
-    const start = Math.floor(r() * ((size - len) / (4 * KiB))) * 4 * KiB;
-    out.push({ start, length: len, zero: r() < 0.2, seed: Math.floor(r() * 2 ** 31) });
-    total += len;
-  }
-  return out;
-}
-
-function applyPieces(image: string, pieces: Piece[]): void {
-  const fd = openSync(image, 'r+');
-  try {
-    for (const p of pieces) {
-      const b = pieceBytes(p);
-      let done = 0;
-      while (done < b.length) done += writeSync(fd, b, done, b.length - done, p.start + done);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function createImage(image: string, size: number, pieces: Piece[]): void {
-  const fd = openSync(image, 'w');
-  ftruncateSync(fd, size); // sparse: holes where the full has none
-  closeSync(fd);
-  applyPieces(image, pieces);
-}
 
 interface ChainSpec {
   size: number;

@@ -26,8 +26,8 @@
  * Targets: ours ≥ 0.9× convert, ≥ 3× the original. A missed target prints "below target".
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { createReadStream, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { fsyncFile } from '../src/util/atomic-file.js';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -37,7 +37,8 @@ import { chainFromDir, resolveSelected } from '../src/chain/index.js';
 import { dataBytes } from '../src/chain/extent-map.js';
 import { startMapping } from '../src/map/virtnbdmap.js';
 import { packageRoot } from '../src/util/package-root.js';
-import { median, prng, table } from './bench-util.js';
+import { median, table } from './bench-util.js';
+import { applyPieces, createImage, fullPieces, incPieces, type Piece } from './bench-data.js';
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes('--quick');
@@ -68,86 +69,6 @@ function log(msg: string): void {
 
 // ---------------------------------------------------------------- test data
 
-interface Piece {
-  start: number;
-  length: number;
-  zero: boolean;
-  seed: number;
-}
-
-const POOL_SIZE = 16 * MiB;
-let pool: Buffer | undefined;
-function randomPool(): Buffer {
-  if (pool) return pool;
-  const r = prng(0x5eed);
-  const words = new Uint32Array(POOL_SIZE / 4);
-  for (let i = 0; i < words.length; i++) words[i] = (r() * 4294967296) >>> 0;
-  return (pool = Buffer.from(words.buffer));
-}
-
-/** Per 64 KiB: incompressible bytes from the pool, or a 256 B–4 KiB snippet repeated (never all zeros). */
-function pieceBytes(p: Piece): Buffer {
-  if (p.zero) return Buffer.alloc(p.length);
-  const src = randomPool();
-  const out = Buffer.allocUnsafe(p.length);
-  const r = prng(p.seed);
-  for (let o = 0; o < p.length; o += 64 * KiB) {
-    const n = Math.min(64 * KiB, p.length - o);
-    const from = Math.floor(r() * (POOL_SIZE - 64 * KiB));
-    if (r() < 0.5) src.copy(out, o, from, from + n);
-    else out.fill(src.subarray(from, from + 256 + Math.floor(r() * 3840)), o, o + n);
-  }
-  return out;
-}
-
-/** Full: holes and data extents of 64 KiB–8 MiB alternating, ~50 % data. */
-function fullPieces(size: number, seed: number): Piece[] {
-  const r = prng(seed);
-  const ext = (): number => (16 + Math.floor(r() * 2033)) * 4 * KiB;
-  const out: Piece[] = [];
-  let pos = ext();
-  while (pos < size) {
-    const len = Math.min(ext(), size - pos);
-    out.push({ start: pos, length: len, zero: false, seed: Math.floor(r() * 2 ** 31) });
-    pos += len + ext();
-  }
-  return out;
-}
-
-/** One incremental: INC_SHARE of the disk in random 4–512 KiB places, a fifth zeroed. */
-function incPieces(size: number, seed: number): Piece[] {
-  const r = prng(seed);
-  const out: Piece[] = [];
-  let total = 0;
-  while (total < size * INC_SHARE) {
-    const len = (1 + Math.floor(r() * 128)) * 4 * KiB;
-    const start = Math.floor(r() * ((size - len) / (4 * KiB))) * 4 * KiB;
-    out.push({ start, length: len, zero: r() < 0.2, seed: Math.floor(r() * 2 ** 31) });
-    total += len;
-  }
-  return out;
-}
-
-function applyPieces(image: string, pieces: Piece[]): void {
-  const fd = openSync(image, 'r+');
-  try {
-    for (const p of pieces) {
-      const b = pieceBytes(p);
-      let done = 0;
-      while (done < b.length) done += writeSync(fd, b, done, b.length - done, p.start + done);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function createImage(image: string, size: number, pieces: Piece[]): void {
-  const fd = openSync(image, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  applyPieces(image, pieces);
-}
-
 const vmconfig = (): string =>
   `<domain type='kvm'>\n  <name>virtnbd-bench-restore</name>\n  <memory unit='KiB'>65536</memory>\n` +
   `  <os><type arch='x86_64'>hvm</type></os>\n  <devices>\n    <disk type='file' device='disk'>\n` +
@@ -173,7 +94,7 @@ async function buildSets(scratch: string): Promise<Sets> {
   mkdirSync(plain);
   mkdirSync(lz4);
   const mods: Piece[][] = [fullPieces(SIZE, 4242)];
-  for (let p = 1; p <= INCS; p++) mods.push(incPieces(SIZE, 4242 + p));
+  for (let p = 1; p <= INCS; p++) mods.push(incPieces(SIZE, 4242 + p, INC_SHARE));
   const cur = join(scratch, 'cur.raw');
   const prev = join(scratch, 'prev.raw');
   createImage(cur, SIZE, mods[0]!);
@@ -224,14 +145,6 @@ async function contentSha(image: string, scratch: string): Promise<string> {
   }
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 interface Variant {
   name: string;

@@ -110,7 +110,6 @@ export async function writeImageFile(opts: ImageFileOptions): Promise<{ size: nu
   const w = await SavesetWriter.create(opts.out, meta, { compress: opts.compress });
   const fd = openSync(opts.image, 'r');
   try {
-    const buf = Buffer.alloc(WINDOW);
     for (const e of extents) {
       if (!e.data) {
         await w.zero(e.start, e.length);

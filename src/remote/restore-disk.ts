@@ -10,14 +10,14 @@
  */
 import { posix } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { chainFromDir, resolveSelected, type Chain, type ChainFile } from '../chain/index.js';
+import { chainFromDir, type Chain, type ChainFile } from '../chain/index.js';
 import { isRawImageFile } from '../chain/data-file.js';
 import { dataBytes } from '../chain/extent-map.js';
 import { connectWithRetry } from '../backup/disk-backup.js';
 import { copyChainToClient } from '../restore/copy-chain.js';
 import { pointIdent, sequenceOf } from '../restore/point.js';
-import { RestoreError, type RestoreDiskOptions, type RestoreDiskResult, type RestoreStage } from '../restore/restore-disk.js';
-import { isPlainName, qemuImgCreateArgs, readQcowJson, targetExistsMessage, validateFormat, type QcowOptions } from '../restore/target-image.js';
+import { planImage, RestoreError, type RestoreDiskOptions, type RestoreDiskResult, type RestoreStage } from '../restore/restore-disk.js';
+import { isPlainName, qemuImgCreateArgs, targetExistsMessage } from '../restore/target-image.js';
 import type { NbdClient } from '../nbd/client.js';
 import { clientTlsDir } from './host.js';
 import { startRemoteQemuNbd, type RemoteNbdServer } from './nbd-server.js';
@@ -116,31 +116,7 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
     return uploadRaw(o, last, path, t0);
   }
 
-  let resolved;
-  try {
-    resolved = resolveSelected(chain);
-  } catch (e) {
-    throw new RestoreError(message(e), 'chain', o.dev, { cause: e });
-  }
-  const { map, indexes } = resolved;
-  for (const [i, idx] of indexes.entries()) {
-    const f = chain.files[i]!;
-    if (isRawImageFile(f.path)) log.info(`Data file [${f.name}] is a raw image (no metadata).`);
-    else o.printMeta?.(JSON.stringify(idx.rawMetadata), f.path);
-    if (i > 0 && idx.metadata.dataSize === 0) log.info(`Saveset [${f.name}] contains no data, skipping.`);
-  }
-  const virtualSize = last.metadata.virtualSize;
-  let format;
-  try {
-    format = validateFormat(o.format ?? last.metadata.diskFormat, o.format !== undefined ? 'the domain config' : last.path);
-  } catch (e) {
-    throw new RestoreError(message(e), 'create', o.dev, { cause: e });
-  }
-  let qcow: QcowOptions | undefined;
-  if (format === 'qcow2') {
-    if (o.qcowJson !== undefined) qcow = await readQcowJson(o.qcowJson, (m) => log.warn(m));
-    else log.warn(`No QCOW image config found in [${o.input}], will use default options.`);
-  }
+  const { map, virtualSize, format, qcow } = await planImage(o, chain);
   log.info(`Create virtual disk [${path}] on the remote host, format: [${format}] size: [${virtualSize}] based on: [${pointIdent(last)}] preallocated: [${o.preallocate}]`);
 
   // The image: reserved exclusively, then created with qemu-img through ssh.

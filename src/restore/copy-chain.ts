@@ -258,6 +258,69 @@ async function readFully(fh: FileHandle, file: string, buf: Buffer, pos: number)
   }
 }
 
+/** Lazily opened read handles of the chain's files, and one call that closes them all. */
+function fileHandles(files: readonly string[]): { fileOf: (i: number) => Promise<FileHandle>; closeAll: () => Promise<void> } {
+  const handles = new Map<number, Promise<FileHandle>>();
+  return {
+    fileOf: (i) => {
+      let h = handles.get(i);
+      if (!h) {
+        h = open(files[i]!, 'r');
+        handles.set(i, h);
+      }
+      return h;
+    },
+    closeAll: async () => {
+      for (const h of handles.values()) await h.then((fh) => fh.close()).catch(() => undefined);
+    },
+  };
+}
+
+/**
+ * Run `job` for every item, several at once, while the bytes they hold (`cost`) fit in `budget`.
+ * Stops taking new items at the first failure or abort, waits for the running ones, then throws
+ * the first failure.
+ */
+async function runBounded<T>(
+  items: Iterable<T>,
+  budget: Budget,
+  cost: (t: T) => number,
+  job: (t: T) => Promise<void>,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  let failure: unknown;
+  let failed = false;
+  const running = new Set<Promise<void>>();
+  try {
+    for (const item of items) {
+      if (failed) break;
+      if (signal?.aborted) {
+        failure = abortError(signal);
+        failed = true;
+        break;
+      }
+      const took = await budget.take(cost(item));
+      if (failed) {
+        budget.give(took);
+        break;
+      }
+      const p: Promise<void> = job(item)
+        .catch((e: unknown) => {
+          if (!failed) failure = e;
+          failed = true;
+        })
+        .finally(() => {
+          budget.give(took);
+          running.delete(p);
+        });
+      running.add(p);
+    }
+  } finally {
+    await Promise.all(running);
+  }
+  if (failed) throw failure;
+}
+
 /** A write job: guest-contiguous raw extents (batched), or all surviving slices of one LZ4 frame. */
 type Job = { kind: 'raw'; start: number; parts: MapExtent[]; length: number } | { kind: 'lz4'; slices: MapExtent[] };
 
@@ -333,19 +396,9 @@ async function writeExtents(o: CopyOptions, client: NbdClient, total: number): P
   const piece = Math.min(o.pieceSize ?? 4 << 20, client.maxRequest());
   const budgetLimit = Math.max(o.inflightBytes ?? 64 << 20, piece);
   const budget = new Budget(budgetLimit);
-  const handles = new Map<number, Promise<FileHandle>>();
-  const fileOf = (i: number): Promise<FileHandle> => {
-    let h = handles.get(i);
-    if (!h) {
-      h = open(map.files[i], 'r');
-      handles.set(i, h);
-    }
-    return h;
-  };
+  const { fileOf, closeAll } = fileHandles(map.files);
   const free: Buffer[] = [];
   let done = 0;
-  let failure: unknown;
-  const running = new Set<Promise<void>>();
   const advance = (n: number): void => {
     done += n;
     o.progress?.(done, total);
@@ -385,34 +438,16 @@ async function writeExtents(o: CopyOptions, client: NbdClient, total: number): P
   };
 
   try {
-    for (const job of jobsOf(map, piece)) {
-      if (failure !== undefined) break;
-      if (o.signal?.aborted) {
-        failure = abortError(o.signal);
-        break;
-      }
-      const cost = job.kind === 'raw' ? job.length : job.slices[0].usize + job.slices[0].csize;
-      const took = await budget.take(cost);
-      if (failure !== undefined) {
-        budget.give(took);
-        break;
-      }
-      const p: Promise<void> = (job.kind === 'raw' ? rawJob(job) : lz4Job(job.slices))
-        .catch((e: unknown) => {
-          failure ??= e;
-        })
-        .finally(() => {
-          budget.give(took);
-          running.delete(p);
-        });
-      running.add(p);
-    }
-    await Promise.all(running);
+    await runBounded(
+      jobsOf(map, piece),
+      budget,
+      (job) => (job.kind === 'raw' ? job.length : job.slices[0].usize + job.slices[0].csize),
+      (job) => (job.kind === 'raw' ? rawJob(job) : lz4Job(job.slices)),
+      o.signal,
+    );
   } finally {
-    await Promise.all(running);
-    for (const h of handles.values()) await h.then((fh) => fh.close()).catch(() => undefined);
+    await closeAll();
   }
-  if (failure !== undefined) throw failure;
   if (done !== total) throw new CopyError(`copied ${done} data bytes, expected ${total}`);
 }
 
@@ -472,15 +507,7 @@ async function writeClusters(o: CopyOptions, client: NbdClient, total: number, c
   const win = Math.max(cs, Math.floor(Math.min(4 << 20, client.maxRequest()) / cs) * cs);
   if (win > client.maxRequest()) throw new CopyError(`cluster size ${cs} exceeds the NBD server's largest request (${client.maxRequest()})`);
   const budget = new Budget(Math.max(o.inflightBytes ?? 64 << 20, 2 * win));
-  const handles = new Map<number, Promise<FileHandle>>();
-  const fileOf = (i: number): Promise<FileHandle> => {
-    let h = handles.get(i);
-    if (!h) {
-      h = open(map.files[i], 'r');
-      handles.set(i, h);
-    }
-    return h;
-  };
+  const { fileOf, closeAll } = fileHandles(map.files);
   // LZ4 frames: decoded once, kept while a window still needs them.
   const refs = new Map<string, number>();
   for (const w of dataWindows(map, win)) {
@@ -509,8 +536,6 @@ async function writeClusters(o: CopyOptions, client: NbdClient, total: number, c
     }
   };
   let done = 0;
-  let failure: unknown;
-  const running = new Set<Promise<void>>();
 
   const windowJob = async (w: Window): Promise<void> => {
     const buf = Buffer.alloc(Math.max(w.length, Math.min(win, limit - w.start)));
@@ -533,34 +558,11 @@ async function writeClusters(o: CopyOptions, client: NbdClient, total: number, c
   };
 
   try {
-    for (const w of dataWindows(map, win)) {
-      if (failure !== undefined) break;
-      if (o.signal?.aborted) {
-        failure = abortError(o.signal);
-        break;
-      }
-      const took = await budget.take(2 * w.length);
-      if (failure !== undefined) {
-        budget.give(took);
-        break;
-      }
-      const p: Promise<void> = windowJob(w)
-        .catch((e: unknown) => {
-          failure ??= e;
-        })
-        .finally(() => {
-          budget.give(took);
-          running.delete(p);
-        });
-      running.add(p);
-    }
-    await Promise.all(running);
+    await runBounded(dataWindows(map, win), budget, (w) => 2 * w.length, windowJob, o.signal);
   } finally {
-    await Promise.all(running);
     decoded.clear();
-    for (const h of handles.values()) await h.then((fh) => fh.close()).catch(() => undefined);
+    await closeAll();
   }
-  if (failure !== undefined) throw failure;
   if (done !== total) throw new CopyError(`copied ${done} data bytes, expected ${total}`);
 }
 

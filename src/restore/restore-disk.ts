@@ -22,7 +22,7 @@ import { execa } from 'execa';
 import { chainFromDir, discoverBackupDir, resolveSelected, type Chain, type ChainFile } from '../chain/index.js';
 import { isRawImageFile } from '../chain/data-file.js';
 import { sizeChanges } from '../chain/resize.js';
-import { dataBytes } from '../chain/extent-map.js';
+import { dataBytes, type ExtentMap } from '../chain/extent-map.js';
 import type { Logger } from '../log/logger.js';
 import { copyChain, type CopyMethod } from './copy-chain.js';
 import { pointIdent, sequenceOf } from './point.js';
@@ -35,6 +35,7 @@ import {
   isPlainName,
   targetExistsMessage,
   TargetImageError,
+  type ImageFormat,
   type QcowOptions,
   type TargetImage,
 } from './target-image.js';
@@ -141,6 +142,54 @@ async function allocated(paths: (string | undefined)[]): Promise<number> {
   return n;
 }
 
+/** What both the local and the remote restore of one disk need before the image is created. */
+export interface ImagePlan {
+  map: ExtentMap;
+  last: ChainFile;
+  virtualSize: number;
+  format: ImageFormat;
+  qcow?: QcowOptions;
+}
+
+/**
+ * Resolve `chain` (validating every file), print each file's metadata (`printMeta`), log empty
+ * deltas and resizes, and choose the image format and qcow2 options. Errors are RestoreErrors.
+ */
+export async function planImage(
+  o: Pick<RestoreDiskOptions, 'dev' | 'format' | 'qcowJson' | 'input' | 'log' | 'printMeta'>,
+  chain: Chain,
+): Promise<ImagePlan> {
+  const log = o.log;
+  let resolved;
+  try {
+    resolved = resolveSelected(chain);
+  } catch (e) {
+    throw new RestoreError(message(e), 'chain', o.dev, { cause: e });
+  }
+  const { map, indexes } = resolved;
+  for (const [i, idx] of indexes.entries()) {
+    const f = chain.files[i]!;
+    if (isRawImageFile(f.path)) log.info(`Data file [${f.name}] is a raw image (no metadata).`);
+    else o.printMeta?.(JSON.stringify(idx.rawMetadata), f.path);
+    if (i > 0 && idx.metadata.dataSize === 0) log.info(`Saveset [${f.name}] contains no data, skipping.`);
+  }
+  const last = chain.files[chain.files.length - 1]!;
+  for (const c of sizeChanges(chain))
+    log.info(`Disk [${o.dev}] was ${c.to > c.from ? 'grown' : 'shrunk'} from ${c.from} to ${c.to} bytes at [${c.file}]${c.to < c.from ? ': data beyond the new end is dropped' : ''}.`);
+  let format: ImageFormat;
+  try {
+    format = validateFormat(o.format ?? last.metadata.diskFormat, o.format !== undefined ? 'the domain config' : last.path);
+  } catch (e) {
+    throw new RestoreError(message(e), 'create', o.dev, { cause: e });
+  }
+  let qcow: QcowOptions | undefined;
+  if (format === 'qcow2') {
+    if (o.qcowJson !== undefined) qcow = await readQcowJson(o.qcowJson, (m) => log.warn(m));
+    else log.warn(`No QCOW image config found in [${o.input}], will use default options.`);
+  }
+  return { map, last, virtualSize: last.metadata.virtualSize, format, qcow };
+}
+
 /** Restores one disk; see the module comment. */
 export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskResult> {
   const t0 = performance.now();
@@ -162,36 +211,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
   if (raw) return restoreRawCopy(o, raw, t0);
   if (!chain) throw new RestoreError(message(chainError), 'chain', o.dev, { cause: chainError });
 
-  let resolved;
-  try {
-    resolved = resolveSelected(chain);
-  } catch (e) {
-    throw new RestoreError(message(e), 'chain', o.dev, { cause: e });
-  }
-  const { map, indexes } = resolved;
-  for (const [i, idx] of indexes.entries()) {
-    const f = chain.files[i];
-    if (isRawImageFile(f.path)) log.info(`Data file [${f.name}] is a raw image (no metadata).`);
-    else o.printMeta?.(JSON.stringify(idx.rawMetadata), f.path);
-    if (i > 0 && idx.metadata.dataSize === 0) log.info(`Saveset [${f.name}] contains no data, skipping.`);
-  }
-  const last = chain.files[chain.files.length - 1];
-  const virtualSize = last.metadata.virtualSize;
-  for (const c of sizeChanges(chain))
-    log.info(`Disk [${o.dev}] was ${c.to > c.from ? 'grown' : 'shrunk'} from ${c.from} to ${c.to} bytes at [${c.file}]${c.to < c.from ? ': data beyond the new end is dropped' : ''}.`);
-
-  // 2. the image
-  let format;
-  try {
-    format = validateFormat(o.format ?? last.metadata.diskFormat, o.format !== undefined ? 'the domain config' : last.path);
-  } catch (e) {
-    throw new RestoreError(message(e), 'create', o.dev, { cause: e });
-  }
-  let qcow: QcowOptions | undefined;
-  if (format === 'qcow2') {
-    if (o.qcowJson !== undefined) qcow = await readQcowJson(o.qcowJson, (m) => log.warn(m));
-    else log.warn(`No QCOW image config found in [${o.input}], will use default options.`);
-  }
+  const { map, last, virtualSize, format, qcow } = await planImage(o, chain);
   const total = dataBytes(map);
   log.info(
     `Create virtual disk [${join(resolve(o.output), o.targetName)}] format: [${format}] size: [${virtualSize}] ` +

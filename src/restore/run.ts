@@ -109,7 +109,6 @@ export async function runRestore(o: RestoreOptions, env: RestoreEnv): Promise<Re
 }
 
 async function restoreAll(o: RestoreOptions, env: RestoreEnv, input: string, summary: RestoreSummary): Promise<number> {
-  const log = env.log;
   const remote = isRemoteUri(o.uri);
   if (remote && !o.output.startsWith('/')) throw new RestoreInputError('Absolute target path required for restore to remote system');
   const output = remote ? posix.normalize(o.output) : resolve(o.output);

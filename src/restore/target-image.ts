@@ -13,7 +13,7 @@ import { open, readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from '../log/logger.js';
-import { FileExistsError, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
+import { FileExistsError, fsyncFile, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
 
 export type ImageFormat = 'qcow2' | 'qcow' | 'raw';
 
@@ -238,14 +238,6 @@ export async function createTarget(o: CreateTargetOptions): Promise<TargetImage>
   }
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 /** fsync the image (and data file), rename `<target>.partial` → `<target>` without replacing, fsync the directory. */
 export async function finishTarget(t: TargetImage): Promise<void> {

@@ -25,6 +25,16 @@ export async function pathExists(path: string): Promise<boolean> {
 }
 
 /** fsync a directory (ignored where the file system cannot). */
+/** fsync a file's data (opened read-write, as some file systems require). */
+export async function fsyncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 export async function syncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try {

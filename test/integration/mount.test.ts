@@ -20,6 +20,7 @@ import { listLoops } from '../../src/mount/loop.js';
 import { mountsUnder } from '../../src/mount/mounts.js';
 import type { MountInfo } from '../../src/mount/run-mount.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
+import { alive } from '../helpers/procs.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = join(ROOT, 'bin', 'virtnbdmap');
@@ -159,15 +160,6 @@ async function startMount(args: string[], timeoutMs = 60_000): Promise<MountRun>
 async function pgrep(pattern: string): Promise<number[]> {
   const r = await execa('pgrep', ['-f', '--', pattern], { reject: false });
   return String(r.stdout).split(/\s+/).filter(Boolean).map(Number).filter((p) => p !== process.pid);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

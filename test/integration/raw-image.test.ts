@@ -3,7 +3,7 @@
  * are mapped as they are, and an incremental stream on top of a raw base resolves correctly.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, writeSync, closeSync, truncateSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';

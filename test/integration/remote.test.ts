@@ -16,7 +16,6 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync, createReadStream } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
@@ -28,6 +27,7 @@ import { prepareTarget, runBackup, type BackupOptions } from '../../src/backup/r
 import { runRestore, type RestoreOptions } from '../../src/restore/run.js';
 import type { RemoteOptions } from '../../src/remote/host.js';
 import { VirtConnection, DOMAIN_UNDEFINE } from '../../src/virt/client.js';
+import { freePort } from '../helpers/procs.js';
 
 jest.setTimeout(900_000);
 
@@ -41,18 +41,6 @@ let key: string;
 let uri: string;
 let nbdPort: number;
 let knownHosts: string;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitForPort(port: number): Promise<void> {
   for (let i = 0; i < 100; i++) {

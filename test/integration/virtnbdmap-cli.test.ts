@@ -8,7 +8,7 @@
  * Builds nothing: the plugin .so and dist/ must exist (`npx tsc -p tsconfig.json` for dist).
  */
 import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -22,6 +22,7 @@ import { nbdDevicesPresent } from '../../src/map/device.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
 import { prng, randInt } from '../../src/devtools/prng.js';
 import { sha256sums, diffIdentIn } from '../helpers/upstream-sets.js';
+import { alive, freePort } from '../helpers/procs.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = join(ROOT, 'bin', 'virtnbdmap');
@@ -105,15 +106,6 @@ async function runMapExit(args: string[]): Promise<{ code: number | undefined; s
   return { code: r.exitCode, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 async function pgrep(pattern: string): Promise<number[]> {
   const r = await execa('pgrep', ['-f', '--', pattern], { reject: false });
   return String(r.stdout).split(/\s+/).filter(Boolean).map(Number).filter((p) => p !== process.pid);
@@ -162,17 +154,6 @@ async function nbdcopySha(uri: string): Promise<string> {
 }
 
 const diffIdent = (set: string, disk: string): string => diffIdentIn(join(SETS, set, 'backup'), disk);
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
 
 let sockN = 0;
 const newSocket = (): string => {
