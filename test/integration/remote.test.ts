@@ -15,11 +15,11 @@
  *   abort (the signal path, D6) right after the server started stops it and keeps nothing.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync, createReadStream } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, createReadStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jest } from '@jest/globals';
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { TestVm } from '../helpers/test-vm.js';
 import { chainSha } from '../helpers/map-sha.js';
 import { recordingLogger, type RecordingLogger } from '../unit/backup/recording-logger.js';
@@ -28,13 +28,15 @@ import { runRestore, type RestoreOptions } from '../../src/restore/run.js';
 import type { RemoteOptions } from '../../src/remote/host.js';
 import { VirtConnection, DOMAIN_UNDEFINE } from '../../src/virt/client.js';
 import { freePort } from '../helpers/procs.js';
+import { plainBackupOptions } from '../helpers/backup-options.js';
+import { startTestSshd, type TestSshd } from '../helpers/ssh-server.js';
 
 jest.setTimeout(900_000);
 
 const MiB = 1024 * 1024;
 
 let vm: TestVm;
-let sshd: ResultPromise | undefined;
+let sshd: TestSshd | undefined;
 let tmp: string;
 let sshPort: number;
 let key: string;
@@ -42,49 +44,13 @@ let uri: string;
 let nbdPort: number;
 let knownHosts: string;
 
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const r = await execa('ssh-keyscan', ['-p', String(port), '127.0.0.1'], { reject: false, stdin: 'ignore' });
-    if (r.exitCode === 0 && r.stdout.trim() !== '') return;
-    await new Promise((r2) => setTimeout(r2, 100));
-  }
-  throw new Error(`sshd on port ${port} did not come up`);
-}
-
 beforeAll(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'virtnbd-remote-'));
-  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(tmp, 'host_key')]);
-  key = join(tmp, 'client_key');
-  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
-  writeFileSync(join(tmp, 'authorized_keys'), readFileSync(`${key}.pub`));
-  chmodSync(join(tmp, 'authorized_keys'), 0o600);
-  knownHosts = join(tmp, 'known_hosts');
-  sshPort = await freePort();
-  writeFileSync(
-    join(tmp, 'sshd_config'),
-    [
-      `Port ${sshPort}`,
-      'ListenAddress 127.0.0.1',
-      `HostKey ${join(tmp, 'host_key')}`,
-      `AuthorizedKeysFile ${join(tmp, 'authorized_keys')}`,
-      'PermitRootLogin prohibit-password',
-      'PasswordAuthentication no',
-      'KbdInteractiveAuthentication no',
-      'UsePAM no',
-      'StrictModes no',
-      `PidFile ${join(tmp, 'sshd.pid')}`,
-      'MaxSessions 50',
-      'MaxStartups 50',
-      '',
-    ].join('\n'),
-  );
-  mkdirSync('/run/sshd', { recursive: true }); // privilege separation directory
-  sshd = execa('/usr/sbin/sshd', ['-D', '-e', '-f', join(tmp, 'sshd_config')], { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe' });
-  await waitForPort(sshPort);
-  // libvirt's own ssh gets a private known-hosts file too (URI parameter `command`: a wrapper), so
-  // the test leaves nothing in root's ~/.ssh.
-  const wrapper = join(tmp, 'ssh-wrapper');
-  writeFileSync(wrapper, `#!/bin/sh\nexec ssh -o UserKnownHostsFile=${knownHosts} "$@"\n`, { mode: 0o755 });
+  sshd = await startTestSshd(tmp);
+  sshPort = sshd.port;
+  key = sshd.key;
+  knownHosts = sshd.knownHosts;
+  const wrapper = sshd.sshWrapper;
   uri = `qemu+ssh://root@127.0.0.1:${sshPort}/system?keyfile=${key}&no_verify=1&command=${wrapper}`;
   nbdPort = await freePort();
   vm = await TestVm.create({ persistent: true, disks: [{ dev: 'vda', bus: 'virtio', format: 'qcow2', size: 32 * MiB }] });
@@ -92,8 +58,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await vm?.cleanup();
-  sshd?.kill('SIGTERM');
-  await sshd;
+  await sshd?.stop();
   if (tmp !== undefined) rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -104,29 +69,7 @@ function remote(over: Partial<RemoteOptions> = {}): RemoteOptions {
 const sshEnv = (): { extraArgs: string[] } => ({ extraArgs: ['-o', `UserKnownHostsFile=${knownHosts}`] });
 
 function backupOptions(output: string, level: BackupOptions['level'], over: Partial<BackupOptions> = {}): BackupOptions {
-  return {
-    domain: vm.name,
-    level,
-    type: 'stream',
-    raw: false,
-    output,
-    scratchDir: vm.dir,
-    startDomain: false,
-    pause: false,
-    exclude: [],
-    socketFile: join(vm.dir, `unused.${Date.now()}.sock`),
-    compress: false,
-    freezeMountpoints: [],
-    strict: false,
-    noSparseDetection: false,
-    uri,
-    useNbdinfo: false,
-    startOnly: false,
-    killOnly: false,
-    printOnly: false,
-    remote: remote(),
-    ...over,
-  };
+  return plainBackupOptions({ domain: vm.name, level, output, dir: vm.dir, uri }, { remote: remote(), ...over });
 }
 
 function dump(log: RecordingLogger): string {
