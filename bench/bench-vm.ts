@@ -14,7 +14,8 @@
  * test/ (test/helpers/test-vm.ts is the integration tests' richer version of this).
  */
 import { execa } from 'execa';
-import { XMLParser } from 'fast-xml-parser';
+import { xmlEscape } from '../src/xml/escape.js';
+import { diskAliases, qdevFor } from '../src/devtools/qdev.js';
 import { DOMAIN_START, VIR_ERR, VirtConnection, VirtError, type VirtDomain } from '../src/virt/client.js';
 
 export const BENCH_VM_URI = 'qemu:///system';
@@ -24,35 +25,6 @@ export interface BenchDisk {
   dev: string;
   /** qcow2 image file (created by the caller, readable and writable by qemu) */
   image: string;
-}
-
-const xmlParser = new XMLParser({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  isArray: (name: string) => name === 'disk' || name === 'alias' || name === 'target',
-});
-
-interface XmlDisk {
-  target?: Array<{ '@_dev'?: string }>;
-  alias?: Array<{ '@_name'?: string }>;
-}
-
-/** target dev → qdev id HMP qemu-io takes (virtio: `/machine/peripheral/<alias>/virtio-backend`). */
-function virtioQdevs(liveXml: string): Map<string, string> {
-  const doc = xmlParser.parse(liveXml) as { domain?: { devices?: { disk?: XmlDisk[] } } };
-  const out = new Map<string, string>();
-  for (const d of doc.domain?.devices?.disk ?? []) {
-    const dev = d.target?.[0]?.['@_dev'];
-    const alias = d.alias?.[0]?.['@_name'];
-    if (dev !== undefined && alias !== undefined) out.set(dev, `/machine/peripheral/${alias}/virtio-backend`);
-  }
-  return out;
-}
-
-function xmlEscape(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 }
 
 function domainXml(name: string, disks: readonly BenchDisk[]): string {
@@ -94,7 +66,7 @@ export class BenchVm {
     let dom: VirtDomain | undefined;
     try {
       dom = await conn.createXML(domainXml(name, disks), DOMAIN_START.AUTODESTROY);
-      const qdevs = virtioQdevs(await dom.xmlDesc());
+      const qdevs = new Map([...diskAliases(await dom.xmlDesc())].map(([dev, alias]) => [dev, qdevFor('virtio', alias)]));
       for (const d of disks) if (!qdevs.has(d.dev)) throw new Error(`bench VM ${name}: the live XML has no alias for ${d.dev}`);
       return new BenchVm(name, conn, dom, qdevs);
     } catch (e) {

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { execa } from 'execa';
 import { guestDomainXml, waitForMarker } from '../src/devtools/boot-guest.js';
-import { createDemoVm, setMarker } from '../src/devtools/demo-vm.js';
+import { createDemoVm, qemuIo, setMarker } from '../src/devtools/demo-vm.js';
 import { packageRoot } from '../src/util/package-root.js';
 import { median, table } from './bench-util.js';
 
@@ -42,11 +42,9 @@ async function main(): Promise<void> {
     const set = join(work, 'set');
     const backup = (level: string) => execa(BIN('virtnbdbackup'), ['-U', URI, '-d', SRC, '-l', level, '-o', set, '--nocolor']);
     await backup('full');
-    const io = (cmd: string) =>
-      virsh('qemu-monitor-command', SRC, '--hmp', `qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "${cmd}"`);
     for (let i = 0; i < 10; i++) {
       const letter = String.fromCharCode(66 + i); // B … K
-      for (let j = 0; j < 4; j++) await io(`write -P ${0x20 + i} ${(64 + 16 * i + 4 * j) << 20} 1M`);
+      for (let j = 0; j < 4; j++) await qemuIo(vm, `write -P ${0x20 + i} ${(64 + 16 * i + 4 * j) << 20} 1M`);
       await setMarker(vm, letter);
       await backup('inc');
     }

@@ -19,7 +19,7 @@ import { isPartialName, parseDataFileName } from '../chain/names.js';
 import { pathExists, publishNoReplace, syncDir, writeFileAtomic } from '../util/atomic-file.js';
 import { CheckpointError, isOurCheckpoint, ourCheckpointNumber, readCptFile, writeCptFile, formatCptFile } from './cpt-file.js';
 import { decodeXmlEntities } from './domain-xml.js';
-import { xmlEscape } from './job.js';
+import { xmlEscape } from '../xml/escape.js';
 import type { BackupLevel } from './types.js';
 
 export { CheckpointError, isOurCheckpoint, ourCheckpointNumber, readCptFile, writeCptFile, formatCptFile };

@@ -5,13 +5,11 @@
 import { randomInt } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from '../log/logger.js';
+import { xmlEscape } from '../xml/escape.js';
 import { VIR_ERR, VirtError, JOB_TYPE, type VirtDomain } from '../virt/client.js';
 
 const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
 
-export function xmlEscape(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
-}
 
 function scratchSuffix(): string {
   let s = '';

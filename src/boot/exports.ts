@@ -1,13 +1,13 @@
 /**
  * One NBD export per disk of a backup point, for a VM booted from the backup: the disk's chain
- * is resolved (validated, frame tables built from headers and trailers only) and served by
- * nbdkit with our plugin on a unix socket in the boot's run directory. Writable exports go
- * through nbdkit's cow filter (writes land in a temporary overlay, the backup is never
- * modified); read-only exports serve qcow2 overlays kept by the user (--keep-overlays).
+ * is selected here, then resolved and served by nbdkit with our plugin (which validates every
+ * file) on a unix socket in the boot's run directory. Writable exports go through nbdkit's cow
+ * filter (writes land in a temporary overlay, the backup is never modified); read-only exports
+ * serve qcow2 overlays kept by the user (--keep-overlays).
  */
 import { chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { chainFromDir, resolveSelected, type Chain } from '../chain/index.js';
+import { chainFromSet, type BackupDir, type Chain } from '../chain/index.js';
 import { startServer, type Server } from '../map/nbdkit.js';
 
 export interface DiskExport {
@@ -21,7 +21,8 @@ export interface DiskExport {
 }
 
 export interface ExportOptions {
-  input: string;
+  /** The backup directory, discovered once by the caller. */
+  set: BackupDir;
   until?: string;
   runDir: string;
   readonly: boolean;
@@ -32,11 +33,10 @@ export interface ExportOptions {
 
 /** Start the exports of `devs`; on failure, the ones already started are stopped. */
 export async function startDiskExports(devs: readonly string[], o: ExportOptions): Promise<DiskExport[]> {
-  const chains = devs.map((dev) => chainFromDir(o.input, { disk: dev, until: o.until }));
-  const sizes = chains.map((c) => resolveSelected(c).map.size);
+  const chains = devs.map((dev) => chainFromSet(o.set, { disk: dev, until: o.until }));
   const out: DiskExport[] = [];
   try {
-    for (const [i, chain] of chains.entries()) {
+    for (const chain of chains) {
       const socket = join(o.runDir, `${chain.dev}.sock`);
       const server = await startServer({
         files: chain.files.map((f) => f.path),
@@ -48,7 +48,8 @@ export async function startDiskExports(devs: readonly string[], o: ExportOptions
         verbose: o.verbose,
         logFile: join(o.runDir, `nbdkit-${chain.dev}.log`),
       });
-      out.push({ dev: chain.dev, chain, size: sizes[i]!, socket, exportName: chain.dev, server });
+      // the export's size is the newest file's virtual size (the plugin resolves the chain itself)
+      out.push({ dev: chain.dev, chain, size: chain.files[chain.files.length - 1]!.metadata.virtualSize, socket, exportName: chain.dev, server });
       // qemu runs as another user (libvirt-qemu): it must be able to connect.
       chmodSync(socket, 0o777);
     }

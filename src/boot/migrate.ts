@@ -14,6 +14,7 @@ import { execa } from 'execa';
 import { BLOCK_JOB_ABORT, BLOCK_COPY, DOMAIN_XML, type VirtDomain } from '../virt/client.js';
 import { attr, buildDocument, editAttrs, elements, first, parseDocument, setText, textOf } from '../xml/domain-tree.js';
 import { parseDomainXml } from '../backup/domain-xml.js';
+import { xmlEscape } from '../xml/escape.js';
 import type { DiskExport } from './exports.js';
 
 export interface MigrateLog {
@@ -50,13 +51,9 @@ export class MigrateError extends Error {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function escapeAttr(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
-}
-
 /** Copy one disk and pivot to the copy. */
 async function copyDisk(dom: VirtDomain, x: DiskExport, image: string, o: MigrateOptions, log: MigrateLog): Promise<void> {
-  const dest = `<disk type='file'><driver type='qcow2'/><source file='${escapeAttr(image)}'/></disk>`;
+  const dest = `<disk type='file'><driver type='qcow2'/><source file='${xmlEscape(image)}'/></disk>`;
   await dom.blockCopy(x.dev, dest, BLOCK_COPY.REUSE_EXT);
   log.info(`Disk [${x.dev}]: block copy into [${image}] started`);
   const poll = o.pollMs ?? 250;
@@ -86,7 +83,7 @@ async function copyDisk(dom: VirtDomain, x: DiskExport, image: string, o: Migrat
 }
 
 /** The persistent definition: boot files and file-backed console logs moved into `dir`. */
-function persistentXml(liveXml: string, name: string, dir: string, bootCopies: Map<string, string>): string {
+function persistentXml(liveXml: string, name: string, dir: string, bootCopies: ReadonlyMap<string, string>): string {
   const { nodes, domain } = parseDocument(liveXml);
   const os = first(domain, 'os');
   if (os !== undefined) {
@@ -97,7 +94,8 @@ function persistentXml(liveXml: string, name: string, dir: string, bootCopies: M
       }
     }
   }
-  let n = 0;
+  // serial and console usually share one file: keep them sharing
+  const logs = new Map<string, string>();
   for (const devices of elements(domain, 'devices')) {
     for (const tag of ['serial', 'console', 'parallel', 'channel']) {
       for (const c of elements(devices, tag)) {
@@ -105,9 +103,11 @@ function persistentXml(liveXml: string, name: string, dir: string, bootCopies: M
         if (attr(c, 'type') !== 'file' || source === undefined) continue;
         const old = attr(source, 'path');
         if (old === undefined) continue;
-        // serial and console usually share one file: keep them sharing
-        const repl = bootCopies.get(old) ?? join(dir, `${name}-${tag}${++n}.log`);
-        bootCopies.set(old, repl);
+        let repl = logs.get(old);
+        if (repl === undefined) {
+          repl = join(dir, `${name}-${tag}${logs.size + 1}.log`);
+          logs.set(old, repl);
+        }
         editAttrs(source, [{ name: 'path', value: repl }]);
       }
     }

@@ -171,8 +171,7 @@ export async function runBoot(o: BootOptions, log: MapLog, out: (s: string) => v
   try {
     // the point and its configuration
     const set = discoverBackupDir(input);
-    const partials = set.partials;
-    if (partials.length) log.warn(`Incomplete backup files in [${input}] ignored: ${partials.join(', ')}`);
+    if (set.partials.length) log.warn(`Incomplete backup files in [${input}] ignored: ${set.partials.join(', ')}`);
     const point = selectPointFiles(input, undefined, o.until);
     const vmconfigFile = requireVmconfig(point, input);
     const vmconfig = readFileSync(vmconfigFile.path, 'utf8');
@@ -190,7 +189,7 @@ export async function runBoot(o: BootOptions, log: MapLog, out: (s: string) => v
     step();
 
     exports = await startDiskExports(devs, {
-      input,
+      set,
       until: o.until,
       runDir: run.dir,
       readonly: o.keepOverlays,

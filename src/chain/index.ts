@@ -34,11 +34,15 @@ export function pickDisk(set: BackupDir, disk?: string): { dev: string; files: C
   return { dev: devs[0], files: set.disks.get(devs[0]) ?? [] };
 }
 
-/** The chain of one disk of a backup directory, newest point or `until`. */
-export function chainFromDir(dir: string, opts: { disk?: string; until?: string } = {}): Chain {
-  const set = discoverBackupDir(dir);
+/** The chain of one disk of an already discovered set, newest point or `until`. */
+export function chainFromSet(set: BackupDir, opts: { disk?: string; until?: string } = {}): Chain {
   const { dev, files } = pickDisk(set, opts.disk);
   return selectChain(dev, files, opts.until);
+}
+
+/** The chain of one disk of a backup directory, newest point or `until`. */
+export function chainFromDir(dir: string, opts: { disk?: string; until?: string } = {}): Chain {
+  return chainFromSet(discoverBackupDir(dir), opts);
 }
 
 /** The chain given as an explicit list of files (virtnbdmap -f, --sequence). */

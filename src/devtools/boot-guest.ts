@@ -11,6 +11,7 @@
 import { chmodSync, copyFileSync, mkdirSync, readdirSync, symlinkSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { xmlEscape } from '../xml/escape.js';
 
 export const MARKER_LEN = 24;
 export const MARKER_PREFIX = 'VIRTNBD-MARKER ';
@@ -90,13 +91,13 @@ export interface GuestDomainOptions {
 export function guestDomainXml(o: GuestDomainOptions): string {
   const mem = o.memoryMiB ?? 512;
   return `<domain type='qemu'>
-  <name>${o.name}</name>${o.uuid ? `\n  <uuid>${o.uuid}</uuid>` : ''}
+  <name>${xmlEscape(o.name)}</name>${o.uuid ? `\n  <uuid>${xmlEscape(o.uuid)}</uuid>` : ''}
   <memory unit='MiB'>${mem}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>${o.boot.kernel}</kernel>
-    <initrd>${o.boot.initrd}</initrd>
+    <kernel>${xmlEscape(o.boot.kernel)}</kernel>
+    <initrd>${xmlEscape(o.boot.initrd)}</initrd>
     <cmdline>root=/dev/vda rw console=ttyS0 quiet panic=-1</cmdline>
   </os>
   <features><acpi/></features>
@@ -106,15 +107,15 @@ export function guestDomainXml(o: GuestDomainOptions): string {
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='${o.format}'/>
-      <source file='${o.disk}'/>
+      <source file='${xmlEscape(o.disk)}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
     <serial type='file'>
-      <source path='${o.serialLog}'/>
+      <source path='${xmlEscape(o.serialLog)}'/>
       <target port='0'/>
     </serial>
     <console type='file'>
-      <source path='${o.serialLog}'/>
+      <source path='${xmlEscape(o.serialLog)}'/>
       <target type='serial' port='0'/>
     </console>
   </devices>

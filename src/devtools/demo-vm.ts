@@ -9,6 +9,7 @@
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { qdevFor } from './qdev.js';
 import { buildGuestRoot, copyBootFiles, guestDomainXml, markerOffset, markerText, MARKER_LEN, type BootFiles } from './boot-guest.js';
 
 export const DEMO_URI = 'qemu:///system';
@@ -61,13 +62,15 @@ export async function createDemoVm(work: string, name: string, letter: string, o
   return { name, disk, serialLog, markerOffset: offset, boot };
 }
 
+/** One HMP qemu-io command on the running VM's root disk (vda), e.g. `write -P 0x41 1M 4k`. */
+export async function qemuIo(vm: DemoVm, cmd: string): Promise<void> {
+  await virsh('qemu-monitor-command', vm.name, '--hmp', `qemu-io -d ${qdevFor('virtio', 'virtio-disk0')} "${cmd}"`);
+}
+
 /** Overwrite the marker on the running VM's disk with `letter` (one qemu-io pattern write). */
 export async function setMarker(vm: DemoVm, letter: string): Promise<void> {
   const pattern = markerText(letter).charCodeAt(0).toString(16);
-  await virsh(
-    'qemu-monitor-command', vm.name, '--hmp',
-    `qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "write -P 0x${pattern} ${vm.markerOffset} ${MARKER_LEN}"`,
-  );
+  await qemuIo(vm, `write -P 0x${pattern} ${vm.markerOffset} ${MARKER_LEN}`);
 }
 
 /** Power the VM off if it runs (no error if it does not). */

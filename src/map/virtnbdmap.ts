@@ -5,7 +5,7 @@
  * down cleanly on SIGINT/SIGTERM.
  */
 import { performance } from 'node:perf_hooks';
-import { chainFromDir, chainFromFiles, resolveSelected, discoverBackupDir } from '../chain/index.js';
+import { chainFromSet, chainFromFiles, resolveSelected, discoverBackupDir } from '../chain/index.js';
 import { dataBytes } from '../chain/extent-map.js';
 import { startServer, tail, type Server } from './nbdkit.js';
 import { nbdDevicesPresent, deviceExists, connectDevice, disconnectDevice } from './device.js';
@@ -80,11 +80,12 @@ export async function startMapping(opts: MapOptions, log: MapLog): Promise<Mappi
   }
 
   const t0 = performance.now();
+  let chain;
   if (opts.input) {
-    const partials = discoverBackupDir(opts.input).partials;
-    if (partials.length) log.warn(`Incomplete backup files in [${opts.input}] ignored: ${partials.join(', ')}`);
-  }
-  const chain = opts.input ? chainFromDir(opts.input, { disk: opts.disk, until: opts.until }) : chainFromFiles(opts.files ?? [], opts.until);
+    const set = discoverBackupDir(opts.input);
+    if (set.partials.length) log.warn(`Incomplete backup files in [${opts.input}] ignored: ${set.partials.join(', ')}`);
+    chain = chainFromSet(set, { disk: opts.disk, until: opts.until });
+  } else chain = chainFromFiles(opts.files ?? [], opts.until);
   const resolved = resolveSelected(chain);
   const { map } = resolved;
   const ms = (performance.now() - t0).toFixed(1);

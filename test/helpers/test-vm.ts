@@ -23,7 +23,8 @@ import { randomBytes, createHash } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { XMLParser } from 'fast-xml-parser';
+import { xmlEscape } from '../../src/xml/escape.js';
+import { diskAliases, qdevFor } from '../../src/devtools/qdev.js';
 import { DOMAIN_START, DOMAIN_UNDEFINE, VIR_ERR, VirtConnection, VirtDomain, VirtError } from '../../src/virt/client.js';
 
 export const TEST_VM_URI = 'qemu:///system';
@@ -77,39 +78,7 @@ export function initialLayout(size: number, index: number): InitOp[] {
   ];
 }
 
-const xmlParser = new XMLParser({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  isArray: (name: string) => name === 'disk' || name === 'alias' || name === 'target',
-});
-
-interface XmlDisk {
-  target?: Array<{ '@_dev'?: string }>;
-  alias?: Array<{ '@_name'?: string }>;
-}
-
-/** target dev -> alias name, from a live domain XML. */
-export function diskAliases(liveXml: string): Map<string, string> {
-  const doc = xmlParser.parse(liveXml) as { domain?: { devices?: { disk?: XmlDisk[] } } };
-  const out = new Map<string, string>();
-  for (const d of doc.domain?.devices?.disk ?? []) {
-    const dev = d.target?.[0]?.['@_dev'];
-    const alias = d.alias?.[0]?.['@_name'];
-    if (dev !== undefined && alias !== undefined) out.set(dev, alias);
-  }
-  return out;
-}
-
-/** The qdev id HMP qemu-io takes for a disk with this bus and alias. */
-export function qdevFor(bus: VmDiskSpec['bus'], alias: string): string {
-  return bus === 'virtio' ? `/machine/peripheral/${alias}/virtio-backend` : alias;
-}
-
-function xmlEscape(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
-}
+export { diskAliases, qdevFor } from '../../src/devtools/qdev.js';
 
 function checkSpecs(disks: VmDiskSpec[]): void {
   if (disks.length === 0) throw new Error('TestVm: at least one disk is needed');

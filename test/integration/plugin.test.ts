@@ -4,7 +4,7 @@
  * Builds nothing: `npm run build` must have produced the .so and dist/src/plugin/worker.js.
  */
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import { ExtentKind, type ExtentMap, type MapExtent } from '../../src/chain/exte
 import { decodeTable, encodeTable, TableError } from '../../src/plugin/table.js';
 import { FrameCache } from '../../src/plugin/frame-cache.js';
 import { sha256sums } from '../helpers/upstream-sets.js';
+import { flipByte } from '../helpers/saveset-edit.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PLUGIN = join(ROOT, 'build', 'Release', 'nbdkit-virtnbd-plugin.so');
@@ -260,12 +261,7 @@ describe('faults', () => {
     expect(frames.size).toBeGreaterThanOrEqual(2);
     const [victim, ...others] = [...frames.values()];
     const at = victim.fileOffset + Math.floor(victim.csize / 2);
-    const fd = openSync(copy, 'r+');
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, at);
-    b[0] ^= 0x5a;
-    writeSync(fd, b, 0, 1, at);
-    closeSync(fd);
+    flipByte(copy, at);
 
     const good = await serve([orig]);
     const bad = await serve([copy]);

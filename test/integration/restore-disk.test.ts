@@ -16,7 +16,6 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
-  readSync,
   readdirSync,
   rmSync,
   statSync,
@@ -39,6 +38,7 @@ import { buildMetadata } from '../../src/saveset/metadata.js';
 import { prng, randInt } from '../../src/devtools/prng.js';
 import { recordingLogger } from '../unit/backup/recording-logger.js';
 import { sha256sums, diffIdentIn } from '../helpers/upstream-sets.js';
+import { flipByte, writeFrames, type EditFrame } from '../helpers/saveset-edit.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SETS = join(ROOT, 'test', 'fixtures', 'upstream-sets');
@@ -294,12 +294,7 @@ describe('failures leave nothing behind', () => {
     const lz4 = map.extents.find((e) => e.kind === ExtentKind.Lz4 && e.csize > 64);
     if (!lz4) throw new Error(`no LZ4 frame in ${file}`);
     const at = lz4.fileOffset + Math.floor(lz4.csize / 2);
-    const fd = openSync(file, 'r+');
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, at);
-    b[0] ^= 0x5a;
-    writeSync(fd, b, 0, 1, at);
-    closeSync(fd);
+    flipByte(file, at);
   }
 
   test.each([['own'], ['qemu-img']] as const)('a flipped byte in an LZ4 frame (copy method %s): rejects, no partial, no target, no helper left', async (method) => {
@@ -391,22 +386,13 @@ describe('--raw', () => {
 });
 
 describe('unaligned extents, split LZ4 frames, a grown disk', () => {
-  type Frame = { start: number; data?: Buffer; zero?: number };
+  type Frame = EditFrame;
   /** A stream of our writer; returns nothing, applies the frames to `image` as a restore must. */
   async function writeStream(path: string, frames: Frame[], size: number, inc: boolean, cp: string, parent: string, compress: false | number, image: Buffer): Promise<void> {
     const dataSize = frames.reduce((n, f) => n + (f.data?.length ?? 0), 0);
     const meta = buildMetadata({ virtualSize: size, dataSize, diskName: 'vdx', diskFormat: 'qcow2', checkpointName: cp, parentCheckpoint: parent, compressed: compress, incremental: inc });
     const w = await SavesetWriter.create(path, meta, { compress, fsync: false });
-    for (const f of frames) {
-      if (f.data) {
-        await w.data(f.start, f.data);
-        f.data.copy(image, f.start);
-      } else {
-        await w.zero(f.start, f.zero!);
-        image.fill(0, f.start, f.start + f.zero!);
-      }
-    }
-    await w.finish();
+    await writeFrames(w, frames, image);
   }
 
   function bytes(r: () => number, n: number): Buffer {

@@ -23,6 +23,7 @@ import { pluginPath, workerPath } from '../../src/util/package-root.js';
 import { prng, randInt } from '../../src/devtools/prng.js';
 import { sha256sums, diffIdentIn } from '../helpers/upstream-sets.js';
 import { alive, freePort } from '../helpers/procs.js';
+import { writeFrames } from '../helpers/saveset-edit.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = join(ROOT, 'bin', 'virtnbdmap');
@@ -380,16 +381,7 @@ test('start-up time of a chain of 1 full + 30 incrementals', async () => {
     });
     const name = n === 0 ? 'vda.full.data' : `vda.inc.virtnbdbackup.${n}.data`;
     const w = await SavesetWriter.create(join(dir, name), meta, { compress: meta.compressed, fsync: false });
-    for (const f of frames) {
-      if (f.data) {
-        await w.data(f.start, f.data);
-        f.data.copy(model, f.start);
-      } else {
-        await w.zero(f.start, f.zero!);
-        model.fill(0, f.start, f.start + f.zero!);
-      }
-    }
-    await w.finish();
+    await writeFrames(w, frames, model);
   }
   const socket = newSocket();
   const run = await startMap(['-i', dir, '--socket', socket, '--no-device']);

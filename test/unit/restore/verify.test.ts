@@ -17,6 +17,7 @@ import { FastAdler32 } from '../../../src/saveset/adler32-wasm.js';
 import { verifyStreamFile } from '../../../src/restore/verify-stream.js';
 import { verifySet } from '../../../src/restore/verify.js';
 import { recordingLogger } from '../backup/recording-logger.js';
+import { flipByte } from '../../helpers/saveset-edit.js';
 
 const SETS = fileURLToPath(new URL('../../fixtures/upstream-sets/', import.meta.url));
 
@@ -34,11 +35,6 @@ function copySet(set: 'd1' | 'd2'): string {
   const d = tempDir();
   cpSync(join(SETS, set, 'backup'), d, { recursive: true });
   return d;
-}
-function flipByte(path: string, offset: number): void {
-  const b = readFileSync(path);
-  b[offset] ^= 0x5a;
-  writeFileSync(path, b);
 }
 const dataFilesOf = (dir: string): string[] => readdirSync(dir).filter((n) => n.endsWith('.data')).sort();
 const firstData = (path: string): DataFrame => indexSaveset(path).frames.find((f): f is DataFrame => f.kind === 'data')!;
