@@ -15,9 +15,10 @@
       "target_name": "nbdkit-virtnbd-plugin",
       "type": "shared_library",
       "product_prefix": "",
-      "sources": ["plugin/virtnbd-plugin.c"],
-      "cflags": ["-Wall", "-Wextra", "-fPIC", "-std=gnu11", "<!@(pkg-config --cflags nbdkit)"],
-      "ldflags": ["-pthread"]
+      "sources": ["plugin/virtnbd-plugin.c", "plugin/vnbd-table.c", "plugin/vnbd-lz4.c"],
+      "cflags": ["-Wall", "-Wextra", "-fPIC", "-std=gnu11", "<!@(pkg-config --cflags nbdkit)", "<!@(pkg-config --cflags liblz4)"],
+      "ldflags": ["-pthread"],
+      "libraries": ["<!@(pkg-config --libs liblz4)"]
     }
   ]
 }

@@ -1,13 +1,17 @@
 /* virtnbd-plugin.c: nbdkit plugin serving a virtnbdbackup chain (saveset files) as one disk.
  *
- * Design (plugin/PROTOCOL.md, ARCHITECTURE.md "The plugin shim and its Node worker"):
- * - The chain is understood by Node: in .after_fork we start worker 0 (`node worker.js
- *   --resolve FILE...`) on a socketpair (its fd 3). It indexes the files, resolves the chain and
- *   sends a binary extent table: zero / raw (file, offset) / lz4 (frame, slice).
- * - The shim owns the hot path: zero and raw ranges are answered here (binary search + pread on
- *   our own O_RDONLY fds). Only LZ4-compressed ranges go to a worker; all requests for one frame
- *   go to the same worker so its frame cache works. Each worker is used under its own mutex,
- *   one request at a time (the worker is synchronous).
+ * Design (docs/PROTOCOL.md, ARCHITECTURE.md "The plugin shim and its Node worker"):
+ * - The chain is understood by Node: in .after_fork we open and check every file, then start
+ *   worker 0 (`node worker.js --resolve --fds=4 FILE...`) on a socketpair (its fd 3), handing it
+ *   our descriptors (fds 4..). It indexes them, resolves the chain and sends a binary extent
+ *   table: zero / raw (file, offset) / lz4 (frame, slice), validated by vnbd-table.c.
+ * - The shim owns the whole read path: zero ranges, raw ranges (binary search + pread on our own
+ *   O_RDONLY fds) and LZ4 ranges (vnbd-lz4.c: pread + liblz4 with checksums, bounded cache of
+ *   decoded frames). Worker 0 is stopped once the table is loaded.
+ * - lz4=worker (the earlier path, kept as a fallback): LZ4 ranges go to Node workers instead; all
+ *   requests for one frame go to the same worker so its frame cache works. Each worker is used
+ *   under its own mutex, one request at a time (the worker is synchronous).
+ * - Before each read a file is checked (at most every recheck= ms): truncated or replaced → EIO.
  * - Every wait for a worker is bounded by poll() and `timeout=`. Any transport failure (EOF,
  *   short/malformed answer, timeout) fails the request with EIO, SIGKILLs the worker's process
  *   group, reaps it and marks it dead; the next request needing it starts a new one (--serve).
@@ -26,6 +30,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,18 +45,18 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
+#include "vnbd-lz4.h"
+#include "vnbd-table.h"
+
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
 #define MAX_WORKERS 16
-#define MAX_EXTENTS (UINT64_C(64) << 20)
-#define MAX_USIZE (UINT32_C(256) << 20)
 #define MAX_COUNT (UINT32_C(64) << 20)      /* bytes per worker request */
 #define MAX_MSG (UINT32_C(64) << 10)        /* error message from a worker */
-#define MAX_PATH_LEN 65536u
 #define REQ_MAGIC UINT32_C(0x5244524e)
-#define TABLE_HDR 32
-#define RECORD_LEN 48
 #define REQ_LEN 40
+#define FD_BASE 4                           /* the workers see file i as fd FD_BASE + i */
+#define DEFAULT_CACHE (UINT64_C(256) << 20)
 /* block_size: any byte is readable (minimum 1); 64 KiB preferred: the cow filter's block size
  * and the point where our reads get close to the file plugin; 32 MiB maximum: the maximum every
  * NBD client assumes and the size of one LZ4 chunk of the format, so a maximal request touches
@@ -59,11 +64,16 @@
 #define BLOCK_PREFERRED (UINT32_C(64) << 10)
 #define BLOCK_MAXIMUM (UINT32_C(32) << 20)
 
-enum { KIND_ZERO = 0, KIND_RAW = 1, KIND_LZ4 = 2 };
+enum { KIND_ZERO = VNBD_ZERO, KIND_RAW = VNBD_RAW, KIND_LZ4 = VNBD_LZ4 };
+#define extent vnbd_extent
 
-struct extent {
-  uint64_t start, length, file_offset, slice_offset;
-  uint32_t kind, file, csize, usize;
+/* A file of the chain as the shim opened and checked it. */
+struct chain_file {
+  int fd;                       /* O_RDONLY|O_CLOEXEC; the workers inherit it as FD_BASE + index */
+  dev_t dev;
+  ino_t ino;
+  uint64_t size;                /* at start-up; a smaller size later means truncated → EIO */
+  _Atomic int64_t checked_ms;   /* when check_file last found it unchanged (CLOCK_MONOTONIC) */
 };
 
 struct worker {
@@ -88,14 +98,20 @@ static char *worker_path;
 static unsigned nworkers = 2;
 static unsigned timeout_s = 60;
 static bool hexdump;
+static bool lz4_in_worker;      /* lz4=worker: the old path, LZ4 decoded by the Node workers */
+static uint64_t cache_bytes = DEFAULT_CACHE;
+static unsigned ndecoders;      /* 0: number of online CPUs (at most 16) */
+static unsigned recheck_ms = 100;
 static char **argv_resolve, **argv_serve;
 static int devnull = -1;
+static char fds_arg[32];
 
 /* State built in .after_fork; read-only afterwards except workers[] (under their locks). */
 static struct extent *table;
 static uint64_t nextents;
 static uint64_t export_size;
-static int *file_fds;
+static struct chain_file *cfiles;
+static int *child_fds;          /* scratch for the child between fork and exec (nfiles + 2) */
 static struct worker workers[MAX_WORKERS];
 
 static void virtnbd_load (void)
@@ -139,6 +155,24 @@ static int virtnbd_config (const char *key, const char *value)
     if (r == -1) return -1;
     hexdump = r;
   }
+  else if (strcmp (key, "lz4") == 0) {
+    if (strcmp (value, "shim") == 0) lz4_in_worker = false;
+    else if (strcmp (value, "worker") == 0) lz4_in_worker = true;
+    else FAIL ("lz4=%s: must be 'shim' or 'worker'", value);
+  }
+  else if (strcmp (key, "cache") == 0) {
+    const int64_t v = nbdkit_parse_size (value);
+    if (v == -1) return -1;
+    cache_bytes = (uint64_t) v;
+  }
+  else if (strcmp (key, "recheck") == 0) {
+    if (nbdkit_parse_unsigned ("recheck", value, &recheck_ms) == -1) return -1;
+    if (recheck_ms > 60000) FAIL ("recheck=%u: at most 60000 ms", recheck_ms);
+  }
+  else if (strcmp (key, "decoders") == 0) {
+    if (nbdkit_parse_unsigned ("decoders", value, &ndecoders) == -1) return -1;
+    if (ndecoders < 1 || ndecoders > 64) FAIL ("decoders=%u: must be between 1 and 64", ndecoders);
+  }
   else
     FAIL ("unknown parameter '%s'", key);
   return 0;
@@ -168,12 +202,13 @@ static char *search_path (const char *name)
 
 static char **build_argv (const char *mode)
 {
-  char **argv = calloc (nfiles + 4, sizeof *argv);
+  char **argv = calloc (nfiles + 5, sizeof *argv);
   if (argv == NULL) { nbdkit_error ("calloc: %m"); return NULL; }
   argv[0] = node_path;          /* borrowed pointers: freed with their owners */
   argv[1] = worker_path;
   argv[2] = (char *) mode;
-  for (size_t i = 0; i < nfiles; i++) argv[3 + i] = files[i];
+  argv[3] = fds_arg;            /* --fds=4: file i is the inherited descriptor 4 + i */
+  for (size_t i = 0; i < nfiles; i++) argv[4 + i] = files[i];
   return argv;
 }
 
@@ -204,6 +239,12 @@ static int virtnbd_config_complete (void)
     if (worker_path == NULL) return -1;
   }
   if (access (worker_path, R_OK) == -1) FAIL ("worker=%s: %m", worker_path);
+  if (nfiles > 4096) FAIL ("%zu files: at most 4096 files per chain", nfiles);
+  snprintf (fds_arg, sizeof fds_arg, "--fds=%d", FD_BASE);
+  if (ndecoders == 0) {
+    const long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+    ndecoders = cpus < 1 ? 1 : cpus > 16 ? 16 : (unsigned) cpus;
+  }
   if ((argv_resolve = build_argv ("--resolve")) == NULL ||
       (argv_serve = build_argv ("--serve")) == NULL)
     return -1;
@@ -216,9 +257,13 @@ static int virtnbd_config_complete (void)
   "file=PATH        (required, repeatable) saveset file of the chain, oldest first\n" \
   "node=PATH        Node executable for the workers (default: node in PATH)\n" \
   "worker=PATH      worker script (default: <plugin dir>/../../dist/src/plugin/worker.js)\n" \
-  "workers=N        worker processes for compressed data, 1-16 (default 2)\n" \
+  "workers=N        with lz4=worker: worker processes for compressed data, 1-16 (default 2)\n" \
   "timeout=SECONDS  maximum wait for a worker answer (default 60)\n" \
-  "hexdump=BOOL     hexdump served data with nbdkit_debug (needs -v)"
+  "hexdump=BOOL     hexdump served data with nbdkit_debug (needs -v)\n" \
+  "lz4=shim|worker  who decodes LZ4 frames: the plugin itself (default) or the Node workers\n" \
+  "cache=SIZE       decoded LZ4 frames kept in memory, e.g. 256M (default), 0 = none\n" \
+  "decoders=N       LZ4 frames decoded at once (default: number of CPUs, at most 16)\n" \
+  "recheck=MS       check a file for truncation/replacement at most every MS ms (default 100, 0 = every read)"
 
 /* ---- I/O helpers: every wait bounded by an absolute CLOCK_MONOTONIC deadline ---- */
 
@@ -272,8 +317,6 @@ static int sock_write (int fd, const void *buf, size_t n, int64_t deadline)
 
 static uint32_t get32 (const unsigned char *p)
 { return p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24; }
-static uint64_t get64 (const unsigned char *p)
-{ return get32 (p) | (uint64_t) get32 (p + 4) << 32; }
 static void put32 (unsigned char *p, uint32_t v)
 { p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24; }
 static void put64 (unsigned char *p, uint64_t v)
@@ -331,10 +374,19 @@ static int start_worker (unsigned idx, char **argv)
   if (pid == 0) {
     /* Child: async-signal-safe calls only. */
     static const char msg[] = "virtnbd: cannot set up or exec the Node worker\n";
-    /* stdin /dev/null, stdout → stderr (nbdkit's stdout may be the NBD socket: -s), fd 3. */
-    if (devnull == 0 ? fcntl (0, F_SETFD, 0) == -1 : dup2 (devnull, 0) == -1) _exit (127);
-    if (dup2 (2, 1) == -1) _exit (127);
-    if (sv[1] == 3 ? fcntl (3, F_SETFD, 0) == -1 : dup2 (sv[1], 3) == -1) _exit (127);
+    /* stdin /dev/null, stdout → stderr (nbdkit's stdout may be the NBD socket: -s), the socket
+     * as fd 3, file i as fd FD_BASE + i. First every source moves above the targets (close-on-
+     * exec copies), so that no dup2 overwrites a source still needed. */
+    const int high = FD_BASE + (int) nfiles;
+    int *tmp = child_fds;
+    if ((tmp[0] = fcntl (devnull, F_DUPFD_CLOEXEC, high)) == -1 ||
+        (tmp[1] = fcntl (sv[1], F_DUPFD_CLOEXEC, high)) == -1)
+      _exit (127);
+    for (size_t i = 0; i < nfiles; i++)
+      if ((tmp[2 + i] = fcntl (cfiles[i].fd, F_DUPFD_CLOEXEC, high)) == -1) _exit (127);
+    if (dup2 (tmp[0], 0) == -1 || dup2 (2, 1) == -1 || dup2 (tmp[1], 3) == -1) _exit (127);
+    for (size_t i = 0; i < nfiles; i++)
+      if (dup2 (tmp[2 + i], FD_BASE + (int) i) == -1) _exit (127);
     sigprocmask (SIG_SETMASK, &empty, NULL);
     signal (SIGPIPE, SIG_DFL);
     setpgid (0, 0);
@@ -451,61 +503,7 @@ static int worker_read (const struct extent *e, uint64_t slice, uint32_t count, 
 
 /* ---- Start-up: resolve the chain in worker 0, validate the table ---- */
 
-static int parse_table (const unsigned char *t, uint64_t len)
-{
-  if (len < TABLE_HDR || memcmp (t, "VNBDTBL1", 8) != 0 || get32 (t + 8) != 1)
-    FAIL ("virtnbd: bad table header from the worker");
-  const uint32_t tfiles = get32 (t + 12);
-  const uint64_t n = get64 (t + 16), size = get64 (t + 24);
-  if (tfiles != nfiles || n > MAX_EXTENTS || size > INT64_MAX)
-    FAIL ("virtnbd: bad table: %" PRIu32 " files (expected %zu), %" PRIu64 " extents, size %"
-          PRIu64, tfiles, nfiles, n, size);
-  uint64_t off = TABLE_HDR;
-  for (uint32_t i = 0; i < tfiles; i++) {
-    if (len - off < 4 || get32 (t + off) > MAX_PATH_LEN || len - off - 4 < get32 (t + off))
-      FAIL ("virtnbd: bad table: truncated file list");
-    nbdkit_debug ("virtnbd: file %" PRIu32 ": %.*s", i, (int) get32 (t + off), t + off + 4);
-    off += 4 + get32 (t + off);
-  }
-  for (; off % 8; off++)
-    if (off >= len || t[off] != 0) FAIL ("virtnbd: bad table: bad padding");
-  if (len - off != n * RECORD_LEN)
-    FAIL ("virtnbd: bad table: %" PRIu64 " bytes of records for %" PRIu64 " extents", len - off, n);
-  table = malloc (n ? n * sizeof *table : 1);
-  if (table == NULL) FAIL ("malloc: %m");
-  uint64_t end = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    const unsigned char *r = t + off + i * RECORD_LEN;
-    struct extent *e = &table[i];
-    e->start = get64 (r);
-    e->length = get64 (r + 8);
-    e->file_offset = get64 (r + 16);
-    e->slice_offset = get64 (r + 24);
-    e->kind = get32 (r + 32);
-    e->file = get32 (r + 36);
-    e->csize = get32 (r + 40);
-    e->usize = get32 (r + 44);
-    const char *bad = NULL;
-    if (e->start != end) bad = "not contiguous";
-    else if (e->length == 0 || e->length > size - e->start) bad = "bad length";
-    else if (e->kind > KIND_LZ4) bad = "bad kind";
-    else if (e->file >= nfiles) bad = "bad file index";
-    else if (e->kind == KIND_RAW && e->file_offset > INT64_MAX - e->length) bad = "bad offset";
-    else if (e->kind == KIND_LZ4 &&
-             (e->csize == 0 || e->usize == 0 || e->usize > MAX_USIZE ||
-              e->file_offset > (uint64_t) INT64_MAX - e->csize ||
-              e->slice_offset > e->usize || e->length > e->usize - e->slice_offset))
-      bad = "bad lz4 frame";
-    if (bad)
-      FAIL ("virtnbd: bad table: extent %" PRIu64 " at %" PRIu64 ": %s", i, e->start, bad);
-    end = e->start + e->length;
-  }
-  if (end != size)
-    FAIL ("virtnbd: bad table: extents cover %" PRIu64 " of %" PRIu64 " bytes", end, size);
-  nextents = n;
-  export_size = size;
-  return 0;
-}
+static void virtnbd_cleanup (void);
 
 static int resolve_chain (void)
 {
@@ -516,13 +514,17 @@ static int resolve_chain (void)
   if (sock_read (w->fd, hdr, sizeof hdr, deadline) == -1) goto broken;
   const uint32_t status = get32 (hdr), len = get32 (hdr + 4);
   if (status != 0) {
-    if (len > MAX_MSG) { errno = EPROTO; goto broken; }
+    if (len > MAX_MSG) {
+      nbdkit_error ("virtnbd: the worker's error message has %" PRIu32 " bytes (at most %" PRIu32
+                    " allowed)", len, MAX_MSG);
+      stop_worker (w);
+      return -1;
+    }
     if (log_worker_error (w, len, deadline, "cannot resolve the chain") == -1) goto broken;
     stop_worker (w);
     return -1;
   }
-  if (len < TABLE_HDR) { errno = EPROTO; goto broken; }
-  unsigned char *t = malloc (len);
+  unsigned char *t = malloc (len ? len : 1);
   if (t == NULL) { nbdkit_error ("malloc: %m"); stop_worker (w); return -1; }
   if (sock_read (w->fd, t, len, deadline) == -1) {
     const int err = errno;
@@ -530,7 +532,22 @@ static int resolve_chain (void)
     errno = err;
     goto broken;
   }
-  const int r = parse_table (t, len);
+  const char **paths = malloc (nfiles * sizeof *paths);
+  uint64_t *sizes = malloc (nfiles * sizeof *sizes);
+  int r = -1;
+  if (paths == NULL || sizes == NULL) nbdkit_error ("malloc: %m");
+  else {
+    for (size_t i = 0; i < nfiles; i++) {
+      paths[i] = files[i];
+      sizes[i] = cfiles[i].size;
+    }
+    char err[512];
+    r = vnbd_parse_table (t, len, nfiles, paths, sizes, &table, &nextents, &export_size,
+                          err, sizeof err);
+    if (r == -1) nbdkit_error ("virtnbd: %s (from the worker, pid %d)", err, (int) w->pid);
+  }
+  free (paths);
+  free (sizes);
   free (t);
   if (r == -1) stop_worker (w);
   return r;
@@ -543,43 +560,39 @@ static int resolve_chain (void)
   return -1;
 }
 
-static void virtnbd_cleanup (void);
+/* Open and check every file; the workers get these very descriptors. */
+static int open_files (void)
+{
+  if ((cfiles = calloc (nfiles, sizeof *cfiles)) == NULL ||
+      (child_fds = calloc (nfiles + 2, sizeof *child_fds)) == NULL)
+    FAIL ("calloc: %m");
+  for (size_t i = 0; i < nfiles; i++) cfiles[i].fd = -1;
+  for (size_t i = 0; i < nfiles; i++) {
+    struct stat st;
+    if ((cfiles[i].fd = open (files[i], O_RDONLY | O_CLOEXEC)) == -1 ||
+        fstat (cfiles[i].fd, &st) == -1)
+      FAIL ("%s: %m", files[i]);
+    if (!S_ISREG (st.st_mode)) FAIL ("%s: not a regular file", files[i]);
+    cfiles[i].dev = st.st_dev;
+    cfiles[i].ino = st.st_ino;
+    cfiles[i].size = (uint64_t) st.st_size;
+  }
+  return 0;
+}
 
 static int after_fork (void)
 {
-  if (resolve_chain () == -1) return -1;
-  if ((file_fds = malloc (nfiles * sizeof *file_fds)) == NULL)
-    FAIL ("malloc: %m");
-  for (size_t i = 0; i < nfiles; i++) file_fds[i] = -1;
-  uint64_t *sizes = calloc (nfiles, sizeof *sizes);
-  if (sizes == NULL) FAIL ("calloc: %m");
-  for (size_t i = 0; i < nfiles; i++) {
-    struct stat st;
-    if ((file_fds[i] = open (files[i], O_RDONLY | O_CLOEXEC)) == -1 ||
-        fstat (file_fds[i], &st) == -1) {
-      nbdkit_error ("%s: %m", files[i]);
-      free (sizes);
-      return -1;
-    }
-    sizes[i] = (uint64_t) st.st_size;
+  if (open_files () == -1 || resolve_chain () == -1) return -1;
+  if (lz4_in_worker) {
+    for (unsigned i = 1; i < nworkers; i++)
+      if (start_worker (i, argv_serve) == -1) return -1;
   }
-  /* The files must hold what the table points to (they may still shrink later: pread checks). */
-  for (uint64_t i = 0; i < nextents; i++) {
-    const struct extent *e = &table[i];
-    const uint64_t need = e->kind == KIND_RAW ? e->file_offset + e->length :
-                          e->kind == KIND_LZ4 ? e->file_offset + e->csize : 0;
-    if (need > sizes[e->file]) {
-      nbdkit_error ("%s: the extent table points to offset %" PRIu64 " but the file has %"
-                    PRIu64 " bytes", files[e->file], need, sizes[e->file]);
-      free (sizes);
-      return -1;
-    }
+  else {
+    stop_worker (&workers[0]);  /* resolution done; LZ4 is decoded here */
+    if (vnbd_lz4_init (cache_bytes, ndecoders) == -1) FAIL ("calloc: %m");
   }
-  free (sizes);
-  for (unsigned i = 1; i < nworkers; i++)
-    if (start_worker (i, argv_serve) == -1) return -1;
-  nbdkit_debug ("virtnbd: %zu files, %" PRIu64 " extents, size %" PRIu64 ", %u workers",
-                nfiles, nextents, export_size, nworkers);
+  nbdkit_debug ("virtnbd: %zu files, %" PRIu64 " extents, size %" PRIu64 ", LZ4 decoded by %s",
+                nfiles, nextents, export_size, lz4_in_worker ? "workers" : "the shim");
   return 0;
 }
 
@@ -597,12 +610,22 @@ static void virtnbd_cleanup (void)
     stop_worker (&workers[i]);
     UNLOCK (&workers[i].lock);
   }
-  if (file_fds) {
-    for (size_t i = 0; i < nfiles; i++)
-      if (file_fds[i] >= 0) close (file_fds[i]);
-    free (file_fds);
-    file_fds = NULL;
+  if (!lz4_in_worker) {
+    struct vnbd_lz4_stats st;
+    vnbd_lz4_stats (&st);
+    nbdkit_debug ("virtnbd: LZ4 cache: %" PRIu64 " hits, %" PRIu64 " decodes, %" PRIu64
+                  " waits for a decode, peak %" PRIu64 " bytes", st.hits, st.misses, st.waits,
+                  st.peak_bytes);
+    vnbd_lz4_free ();
   }
+  if (cfiles) {
+    for (size_t i = 0; i < nfiles; i++)
+      if (cfiles[i].fd >= 0) close (cfiles[i].fd);
+    free (cfiles);
+    cfiles = NULL;
+  }
+  free (child_fds);
+  child_fds = NULL;
   free (table);
   table = NULL;
   nextents = 0;
@@ -650,9 +673,52 @@ static uint64_t find_extent (uint64_t offset)
   return lo;
 }
 
+/* The file is still the one checked at start-up: same inode at its path, not shorter. The data
+ * of a file replaced (renamed over) or truncated while served is refused rather than served.
+ * Checked at most every recheck_ms per file (two syscalls, one a path lookup: measurable at tens
+ * of thousands of reads per second); a failed check is repeated on every read. */
+static int check_file (uint32_t idx)
+{
+  struct chain_file *f = &cfiles[idx];
+  const int64_t now = recheck_ms ? now_ms () : 0;
+  if (recheck_ms && now - atomic_load_explicit (&f->checked_ms, memory_order_relaxed) < (int64_t) recheck_ms)
+    return 0;
+  struct stat st;
+  if (fstat (f->fd, &st) == -1) {
+    nbdkit_error ("%s: fstat: %m", files[idx]);
+    nbdkit_set_error (EIO);
+    return -1;
+  }
+  if ((uint64_t) st.st_size < f->size) {
+    nbdkit_error ("%s: the file was truncated after it was mapped (%" PRIu64 " bytes, was %"
+                  PRIu64 ")", files[idx], (uint64_t) st.st_size, f->size);
+    nbdkit_set_error (EIO);
+    return -1;
+  }
+  if (stat (files[idx], &st) == -1 || st.st_dev != f->dev || st.st_ino != f->ino) {
+    nbdkit_error ("%s: the file was replaced or removed after it was mapped", files[idx]);
+    nbdkit_set_error (EIO);
+    return -1;
+  }
+  if (recheck_ms) atomic_store_explicit (&f->checked_ms, now, memory_order_relaxed);
+  return 0;
+}
+
+static int read_lz4 (const struct extent *e, uint64_t in, char *p, uint32_t n)
+{
+  char err[512];
+  if (vnbd_lz4_read (e->file, cfiles[e->file].fd, e->file_offset, e->csize, e->usize,
+                     e->slice_offset + in, n, p, err, sizeof err) == 0)
+    return 0;
+  const int saved = errno;
+  nbdkit_error ("%s: %s", files[e->file], err);
+  nbdkit_set_error (saved == ENOMEM ? ENOMEM : EIO);
+  return -1;
+}
+
 static int read_raw (const struct extent *e, uint64_t in, char *p, uint32_t n)
 {
-  const int fd = file_fds[e->file];
+  const int fd = cfiles[e->file].fd;
   uint64_t off = e->file_offset + in;
   while (n > 0) {
     ssize_t r = pread (fd, p, n, (off_t) off);
@@ -715,10 +781,13 @@ static int virtnbd_pread (void *handle UNUSED, void *buf, uint32_t count, uint64
     uint32_t n = e->length - in < left ? (uint32_t) (e->length - in) : left;
     if (n > MAX_COUNT) n = MAX_COUNT;
     int r = 0;
+    if (e->kind != KIND_ZERO && check_file (e->file) == -1) return -1;
     switch (e->kind) {
     case KIND_ZERO: memset (p, 0, n); break;
     case KIND_RAW: r = read_raw (e, in, p, n); break;
-    default: r = worker_read (e, e->slice_offset + in, n, p); break;
+    default:
+      r = lz4_in_worker ? worker_read (e, e->slice_offset + in, n, p) : read_lz4 (e, in, p, n);
+      break;
     }
     if (r == -1) return -1;
     p += n;

@@ -10,17 +10,21 @@
  * original logs an ERROR line before its fatal message, that line is logged here and the error
  * carries the fatal message (the caller logs it and exits 1).
  */
-import { readFile, readdir, unlink } from 'node:fs/promises';
+import { readdir, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import type { Logger } from '../log/logger.js';
 import { CHECKPOINT_CREATE, CHECKPOINT_DELETE, CHECKPOINT_XML, VIR_ERR, type VirtDomain } from '../virt/client.js';
 import { isPartialName, parseDataFileName } from '../chain/names.js';
+import { readSavesetMetadata } from '../saveset/reader.js';
 import { pathExists, publishNoReplace, syncDir, writeFileAtomic } from '../util/atomic-file.js';
-import { CheckpointError, isOurCheckpoint, ourCheckpointNumber, readCptFile, writeCptFile, formatCptFile } from './cpt-file.js';
-import { decodeXmlEntities } from './domain-xml.js';
+import { CheckpointError, isOurCheckpoint, isAnyChainCheckpoint, checkpointNameOf, ourCheckpointNumber, readCptFile, writeCptFile, formatCptFile } from './cpt-file.js';
+import { decodeXmlEntities } from '../xml/domain-xml.js';
 import { xmlEscape } from '../xml/escape.js';
 import type { BackupLevel } from './types.js';
+import { guardedParse } from '../xml/parse-guard.js';
+import { assertNoSymlink } from '../util/safe-path.js';
+import { MAX_XML_FILE, readTextCapped } from '../util/read-capped.js';
 
 export { CheckpointError, isOurCheckpoint, ourCheckpointNumber, readCptFile, writeCptFile, formatCptFile };
 
@@ -113,7 +117,7 @@ const xmlParser = new XMLParser({
 export function parseCheckpointXml(xml: string): { name: string; parent: string } {
   const valid = XMLValidator.validate(xml);
   if (valid !== true) throw new Error(`not well-formed XML: ${valid.err.msg} (line ${valid.err.line})`);
-  const doc = xmlParser.parse(xml) as XmlNode;
+  const doc = guardedParse(() => xmlParser.parse(xml) as XmlNode, 'not well-formed XML');
   const roots = Object.keys(doc).filter((k) => !k.startsWith('?') && k !== '#text');
   const root = doc.domaincheckpoint;
   if (roots.length !== 1 || !Array.isArray(root) || root.length !== 1) throw new Error('expected a single <domaincheckpoint> root element');
@@ -130,6 +134,29 @@ export function parseCheckpointXml(xml: string): { name: string; parent: string 
   return { name, parent: text(first(first(root[0], 'parent'), 'name')) };
 }
 
+/**
+ * Independent chains (--chain): libvirt records as parent whatever checkpoint was current when a
+ * checkpoint was created, which can belong to another chain. When that parent is not ours and
+ * libvirt does not know it (lost metadata), the checkpoint is redefined without a parent (libvirt
+ * refuses an unknown parent; the bitmap, which is what the next backup uses, is validated as usual).
+ */
+async function withKnownParent(dom: CheckpointDomain, xml: string, log: Logger): Promise<string> {
+  const { name, parent } = parseCheckpointXml(xml);
+  if (parent === '' || isOurCheckpoint(parent)) return xml;
+  try {
+    await dom.checkpointLookupByName(parent);
+    return xml;
+  } catch (e) {
+    if (!isNoSuchCheckpoint(e)) throw e;
+  }
+  // The checkpoint's own <parent> comes before its <disks> and the embedded <domain>.
+  const head = xml.search(/<disks[\s>]|<domain[\s>]/);
+  const cut = head < 0 ? xml.length : head;
+  const stripped = xml.slice(0, cut).replace(/[ \t]*<parent>\s*<name>[^<]*<\/name>\s*<\/parent>[ \t]*\r?\n?/, '') + xml.slice(cut);
+  log.info(`Checkpoint [${name}]: its parent [${parent}] belongs to another chain and is unknown to libvirt; redefining it without a parent.`);
+  return stripped;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Foreign checkpoints (§3.7) and validation (§3.4)
 
@@ -138,7 +165,7 @@ export async function findForeignCheckpoints(dom: CheckpointDomain): Promise<str
   const all = await dom.listCheckpoints();
   return all
     .map((c) => c.name)
-    .filter((n) => !isOurCheckpoint(n))
+    .filter((n) => !isAnyChainCheckpoint(n)) // other --chain's checkpoints are not foreign
     .sort();
 }
 
@@ -195,11 +222,11 @@ export interface CheckpointPlan {
  * `No existing checkpoints found, execute full backup first.`
  */
 export async function planCheckpoint(a: CheckpointPlanArgs): Promise<CheckpointPlan> {
-  const base: CheckpointPlan = { level: a.level, fileLevel: a.level, name: 'virtnbdbackup.0', parent: '', fallbackFull: false };
+  const base: CheckpointPlan = { level: a.level, fileLevel: a.level, name: checkpointNameOf(0), parent: '', fallbackFull: false };
   if (a.level === 'copy' || a.level === 'full') return base;
   if (a.cpt.length === 0) throw new CheckpointError('No existing checkpoints found, execute full backup first.');
   const parent = a.cpt[a.cpt.length - 1]!;
-  const name = `virtnbdbackup.${a.cpt.length}`;
+  const name = checkpointNameOf(a.cpt.length);
   if (!a.online) return { ...base, name: parent, parent };
   if (await a.validateParent()) return { ...base, name, parent };
   return { level: 'full', fileLevel: a.level, name, parent: '', fallbackFull: true };
@@ -208,7 +235,7 @@ export async function planCheckpoint(a: CheckpointPlanArgs): Promise<CheckpointP
 // ---------------------------------------------------------------------------------------------
 // Redefinition from the checkpoint directory (§3.6)
 
-const XML_FILE_RE = /^virtnbdbackup\.([0-9]+)\.xml$/;
+const XML_FILE_RE = { test: (n: string): boolean => n.endsWith('.xml') && isOurCheckpoint(n.slice(0, -4)) }; // `<our checkpoint>.xml` (--chain aware)
 
 /** Our checkpoint XML files in `dir` (`virtnbdbackup.<N>.xml`), by number; [] when `dir` does not exist. */
 async function ourXmlFiles(dir: string): Promise<string[]> {
@@ -269,7 +296,7 @@ export async function redefineFromDirectory(dom: CheckpointDomain, dir: string, 
     const fileName = file.slice(0, -'.xml'.length);
     let xml = '';
     try {
-      xml = await readFile(path, 'utf8');
+      xml = await readTextCapped(path, MAX_XML_FILE);
     } catch (e) {
       fatal(`Redefining checkpoint failed: [${fileName}]: unable to read [${path}]: ${messageOf(e)}`);
     }
@@ -288,7 +315,7 @@ export async function redefineFromDirectory(dom: CheckpointDomain, dir: string, 
       if (!isNoSuchCheckpoint(e)) fatal(`Failed to look up checkpoint [${name}]: ${messageOf(e)}`);
     }
     try {
-      await dom.checkpointCreateXML(xml, REDEFINE_VALIDATE);
+      await dom.checkpointCreateXML(await withKnownParent(dom, xml, log), REDEFINE_VALIDATE);
       log.info(`Redefined missing checkpoint [${name}] from [${path}].`);
     } catch (e) {
       const no = ourCheckpointNumber(name)!;
@@ -317,6 +344,7 @@ export async function saveCheckpointXml(dom: CheckpointDomain, name: string, dir
   if (!isOurCheckpoint(name)) throw new TypeError(`saveCheckpointXml: [${name}] is not a checkpoint name of ours`);
   const path = join(dir, `${name}.xml`);
   try {
+    assertNoSymlink(dir); // a planted checkpoints -> elsewhere link (src/util/safe-path.ts)
     const cp = await dom.checkpointLookupByName(name);
     let xml: string;
     try {
@@ -482,10 +510,19 @@ function carriesIdent(file: string, ident: string): boolean {
  * of several runs or of a full/copy, unlisted checkpoints other than N, and an empty `.cpt`
  * with traces. Directory mode only (in zip mode the data files are not in the directory).
  */
+/** The checkpoint a full data file records ('' when unreadable: then it covers nothing). */
+function fullCheckpointOf(path: string): string {
+  try {
+    return readSavesetMetadata(path).metadata.checkpointName;
+  } catch {
+    return '';
+  }
+}
+
 export async function inspectInterruptedRun(a: InspectArgs): Promise<InterruptedRunState> {
   const listed = new Set(a.cpt);
   const n = a.cpt.length;
-  const expected = `virtnbdbackup.${n}`;
+  const expected = checkpointNameOf(n);
   const cptName = `${a.dom.name}.cpt`;
   const partials = [...new Set(a.partialFiles.map((p) => basename(p)))].sort();
 
@@ -551,6 +588,11 @@ export async function inspectInterruptedRun(a: InspectArgs): Promise<Interrupted
   for (const f of names) {
     const d = parseDataFileName(f);
     if (d?.ident !== undefined) withData.add(d.ident);
+    // A synthetic full (virtnbdprune) records a later checkpoint: the listed checkpoints up to it were merged into it.
+    if (d?.level === 'full') {
+      const merged = a.cpt.indexOf(fullCheckpointOf(join(a.outputDir, f)));
+      for (let i = 0; i <= merged; i++) withData.add(a.cpt[i]!);
+    }
   }
   const noData = a.cpt.slice(1).filter((c) => !withData.has(c));
   if (noData.length > 0) {

@@ -7,9 +7,9 @@
  * neither tool writes anything else, and the names are later used in file names and libvirt
  * XML, so anything else is reported as an invalid checkpoint file instead of being used.
  */
-import { readFile } from 'node:fs/promises';
 import { pyJsonDumps } from '../saveset/pyjson.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
+import { MAX_CPT_FILE, readTextCapped } from '../util/read-capped.js';
 
 /** A user-facing checkpoint failure: the message is logged as ERROR (or CRITICAL) and the run exits 1. */
 export class CheckpointError extends Error {
@@ -19,11 +19,39 @@ export class CheckpointError extends Error {
   }
 }
 
-const OURS_RE = /^virtnbdbackup\.([0-9]+)$/;
+/**
+ * Independent chains (`virtnbdbackup --chain NAME`, README "Retention"): the checkpoints of chain
+ * NAME are `virtnbdbackup.NAME.<N>`; without --chain they are `virtnbdbackup.<N>` as in the
+ * original. "Ours" below means: of the chain this run works on. Checkpoints of other chains are
+ * neither ours (never deleted, listed or recovered) nor foreign (they do not stop a run).
+ */
+let prefix = 'virtnbdbackup';
+let OURS_RE = /^virtnbdbackup\.([0-9]+)$/;
+const ANY_CHAIN_RE = /^virtnbdbackup(?:\.[A-Za-z][A-Za-z0-9_-]{0,63})?\.[0-9]+$/;
 
-/** True for the names of our checkpoints: exactly `virtnbdbackup.<digits>` (D21); every other name is foreign. */
+/** Chain names accepted by --chain. */
+export const CHAIN_NAME_RE = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
+
+/** Select the chain of this process (undefined: the original's names). Called once at the start of a run. */
+export function setCheckpointChain(chain: string | undefined): void {
+  if (chain !== undefined && !CHAIN_NAME_RE.test(chain)) throw new TypeError(`invalid chain name [${chain}]: a letter, then letters, digits, _ or -`);
+  prefix = chain === undefined ? 'virtnbdbackup' : `virtnbdbackup.${chain}`;
+  OURS_RE = new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.([0-9]+)$`);
+}
+
+/** The name of checkpoint N of this process's chain (`virtnbdbackup.N`, or `virtnbdbackup.NAME.N`). */
+export function checkpointNameOf(n: number): string {
+  return `${prefix}.${n}`;
+}
+
+/** True for the names of our checkpoints: exactly `virtnbdbackup.<digits>` (D21), or those of our --chain; every other name is not ours. */
 export function isOurCheckpoint(name: string): boolean {
   return OURS_RE.test(name);
+}
+
+/** True for a checkpoint of any chain of this tool (ours, or another --chain's): not foreign (§3.7). */
+export function isAnyChainCheckpoint(name: string): boolean {
+  return ANY_CHAIN_RE.test(name);
 }
 
 /** N of `virtnbdbackup.N`; undefined for names that are not ours. */
@@ -39,7 +67,7 @@ function invalidReason(names: unknown): string | undefined {
   for (let i = 0; i < names.length; i++) {
     const n: unknown = names[i];
     if (typeof n !== 'string') return `entry ${i} is not a string`;
-    if (!isOurCheckpoint(n)) return `entry ${i} (${JSON.stringify(n)}) is not a checkpoint name of the form virtnbdbackup.<N>`;
+    if (!isOurCheckpoint(n)) return `entry ${i} (${JSON.stringify(n)}) is not a checkpoint name of the form ${checkpointNameOf(0).replace(/0$/, '<N>')}`;
     if (seen.has(n)) return `entry ${i} (${n}) is listed twice`;
     seen.add(n);
   }
@@ -61,7 +89,7 @@ function reasonOf(e: unknown, path: string): string {
 export async function readCptFile(path: string): Promise<string[]> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readTextCapped(path, MAX_CPT_FILE);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw new CheckpointError(`Failed to read checkpoint file: [${reasonOf(e, path)}]`);

@@ -11,10 +11,12 @@ import { formatChecksum } from '../saveset/adler32.js';
 import type { ZipStreamWriter } from '../zip/index.js';
 import { buildMetadata } from '../saveset/metadata.js';
 import { humanSize } from '../util/humanize.js';
+import { faultPoint } from '../util/fault-point.js';
+import { explainIoError } from '../util/io-error.js';
 import type { Logger } from '../log/logger.js';
 import { clientExtentSource, dirtyBitmapContext, nbdinfoExtentSource, planExtents, type ExtentPlan, type PlannedExtent } from './extents.js';
 import { RawImageWriter } from './raw-writer.js';
-import type { ProgressBar } from './progress.js';
+import type { ProgressBar } from '../util/progress.js';
 import type { BackupDisk, BackupLevel } from './types.js';
 
 /** Read size per NBD request; in-flight bytes per disk (the memory budget for reads). */
@@ -196,6 +198,7 @@ export async function backupDisk(o: DiskBackupOptions): Promise<DiskBackupResult
     const onBytes = (n: number): void => {
       done += n;
       bar?.update(done);
+      faultPoint('backup:mid-disk'); // test/faults/: a piece of this disk is in its .partial file
     };
     try {
       if (o.raw) {
@@ -210,7 +213,7 @@ export async function backupDisk(o: DiskBackupOptions): Promise<DiskBackupResult
           return { dev, path: r.path, bytes: r.bytes, dataSize: plan.dataSize, virtualSize: size };
         } catch (e) {
           await w.abort();
-          throw e;
+          throw explainIoError(e, `${finalPath}.partial`);
         }
       }
       const meta = buildMetadata({
@@ -242,7 +245,7 @@ export async function backupDisk(o: DiskBackupOptions): Promise<DiskBackupResult
         return { dev, path: r.path, bytes: r.bytes, dataSize: plan.dataSize, virtualSize: size, checksum: r.checksum };
       } catch (e) {
         await w.abort();
-        throw e;
+        throw o.zip !== undefined ? e : explainIoError(e, `${finalPath}.partial`);
       }
     } finally {
       bar?.done();

@@ -8,7 +8,8 @@
  * on block devices are backed up, raw block devices need `--raw`.
  */
 import type { Logger } from '../log/logger.js';
-import type { BackupDisk, DomainConfig, DomainDisk } from './types.js';
+import type { BackupDisk } from './types.js';
+import type { DomainConfig, DomainDisk } from '../xml/domain-types.js';
 
 export interface DiskSelectionOptions {
   /** `-i/--include`: back up only this disk. */

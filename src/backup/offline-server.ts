@@ -27,6 +27,9 @@ export async function startOfflineServer(disk: BackupDisk, socketFile: string, b
   try {
     await execa('qemu-nbd', args, { stdin: 'ignore' });
   } catch (e) {
+    // qemu-nbd may have bound its socket before it gave up (e.g. a missing bitmap)
+    await rm(socket, { force: true });
+    await rm(pidFile, { force: true });
     const stderr = (e as { stderr?: string }).stderr ?? '';
     const hint =
       bitmap !== undefined && /bitmap/i.test(stderr)

@@ -21,7 +21,7 @@ export class RawImageWriter {
   }
 
   static async create(finalPath: string, virtualSize: number): Promise<RawImageWriter> {
-    const fh = await open(`${finalPath}.partial`, 'wx', 0o644);
+    const fh = await open(`${finalPath}.partial`, 'wx', 0o600);
     try {
       await fh.truncate(virtualSize);
     } catch (e) {

@@ -15,18 +15,22 @@ import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { basename, join, posix, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { humanSize } from '../util/humanize.js';
+import { faultPoint } from '../util/fault-point.js';
 import { VirtConnection, VirtError, VIR_ERR, DOMAIN_START, CHECKPOINT_XML, type VirtDomain } from '../virt/client.js';
 import { backupDisk, type DiskBackupResult, type ProgressBar } from './disk-backup.js';
 import { backupXml, hasActiveBackupJob, startBackupJob, stopBackupJob } from './job.js';
 import { startOfflineServer, type OfflineServer } from './offline-server.js';
 import { BackupFatal, checkTargetRules, inspectTarget, rejectCombinations, resolveAuto } from './target-dir.js';
 import { lockTarget, type TargetLock } from './target-lock.js';
+import { backupCommand, endStaleJob, killCommand, recordJobOwner, removeDeadSocket, waitJobEnded } from './stale-job.js';
+import { findUncommittedFull, moveAside } from './uncommitted-full.js';
+import { setCheckpointChain, isOurCheckpoint, ourCheckpointNumber } from './cpt-file.js';
 import type { ZipStreamWriter } from '../zip/index.js';
 import { checkPortRange, clientTlsDir, isRemoteUri, openRemoteSession, remoteHostName, tcpNbdUri, type RemoteOptions } from '../remote/host.js';
 import { startRemoteQemuNbd } from '../remote/nbd-server.js';
 import type { SshRunner, SshSession } from '../remote/ssh.js';
 import type { BackupDisk, BackupLevel, RequestedLevel } from './types.js';
-import { parseDomainXml } from './domain-xml.js';
+import { parseDomainXml } from '../xml/domain-xml.js';
 import { selectDisks, warnTpm } from './disk-selection.js';
 import { saveBitlockerKeys, type GuestAgent } from './bitlocker.js';
 import { copyBootFiles, directorySink, writeAutostart, writeOsinfo, writeQcowInfo, writeVmconfig, type SideFileSink } from './side-files.js';
@@ -74,6 +78,8 @@ export interface BackupOptions {
   printOnly: boolean;
   /** The remote option group (used when `uri` contains `qemu+ssh`, §8). */
   remote?: RemoteOptions;
+  /** `--chain NAME`: an independent chain with checkpoints `virtnbdbackup.NAME.<N>` (undefined: the original's names). */
+  chain?: string;
 }
 
 /** Defaults of the remote option group (CLI.md §2.1). */
@@ -104,9 +110,14 @@ export interface RunEnv {
 }
 
 const isDelta = (l: BackupLevel): boolean => l === 'inc' || l === 'diff';
+/** libvirt's messages for a connection that is gone (RPC socket closed, ssh transport ended). */
+const LIBVIRT_CONNECTION_LOST = /client socket is closed|Cannot (write|recv) data|End of file while reading data|Broken pipe|connection (closed|reset)/i;
+/** The -U default of the CLI (CLI.md): the system daemon for root, the session daemon otherwise. */
+const defaultUri = (): string => (process.geteuid?.() === 0 ? 'qemu:///system' : 'qemu:///session');
 
 /** Runs a backup; returns the summary (exit code inside). Throws only for programming errors. */
 export async function runBackup(o: BackupOptions, env: RunEnv): Promise<BackupSummary> {
+  setCheckpointChain(o.chain);
   const started = Date.now();
   const log = env.log;
   const summary: BackupSummary = { level: null, checkpoint: null, files: [], bytes: 0, dataSize: 0, seconds: 0, exitCode: 1 };
@@ -119,6 +130,11 @@ export async function runBackup(o: BackupOptions, env: RunEnv): Promise<BackupSu
     if (e instanceof BackupFatal || e instanceof CheckpointError) {
       log.error(e.message);
       for (const line of e instanceof BackupFatal ? e.extraLines : []) log.error(line);
+    } else if (LIBVIRT_CONNECTION_LOST.test((e as Error).message)) {
+      // the libvirt connection died under us (remote: the ssh connection; local: the daemon)
+      const why = isRemoteUri(o.uri) ? 'the ssh connection dropped' : 'libvirtd stopped or restarted';
+      log.error(`Lost the connection to libvirt [${o.uri}] during the backup (${why}): ${(e as Error).message}`);
+      log.debug((e as Error).stack ?? '');
     } else {
       log.error(`Error during backup: ${(e as Error).message}`);
       log.debug((e as Error).stack ?? '');
@@ -153,7 +169,18 @@ async function backupSteps(
   if (bad !== undefined) throw new BackupFatal(bad);
 
   // Step 7: auto first (D7), then the partial-file guard and the target rules see the real level.
-  const target = await inspectTarget(output);
+  let target = await inspectTarget(output);
+  if (zip === undefined && !o.killOnly && !o.printOnly) {
+    // A full/copy that died before it completed left files no point depends on (uncommitted-full.ts).
+    const dead = await findUncommittedFull(output, o.domain, target, resolve(o.checkpointDir ?? join(output, 'checkpoints')));
+    if (dead !== undefined) {
+      if (o.level === 'inc' || o.level === 'diff') {
+        throw new BackupFatal(`The ${dead.level} backup in [${output}] never completed (no ${o.domain}.cpt): there is no chain to continue. Start it again with: ${backupCommand(o.domain, o.uri, defaultUri(), ['-l', 'full', '-o', output])}`);
+      }
+      await moveAside(dead, unixTime, log);
+      target = await inspectTarget(output);
+    }
+  }
   const auto = resolveAuto(o.level, target, output);
   if (auto.message !== undefined) log.info(auto.message);
   let level: BackupLevel = auto.level;
@@ -199,6 +226,7 @@ async function backupSteps(
   if (o.killOnly) {
     try {
       await dom.abortJob();
+      if (!(await waitJobEnded(dom, 30_000))) throw new Error('the job was still running 30 s after the abort');
       log.info(`Stopped backup job of domain [${o.domain}].`);
       return 0;
     } catch (e) {
@@ -261,6 +289,8 @@ async function backupSteps(
 
   // Step 15: target rules; step 8: partial files (with recovery, §3.9).
   if (zip === undefined) checkTargetRules(level, target, output, { startOnly: o.startOnly, killOnly: false });
+  // A job left by a dead run of ours is ended first (its checkpoint cannot go while it runs).
+  if (online) await endStaleJob(dom, o.uri, defaultUri(), log);
   let cpt = await readCptFile(cptPath);
   if (isDelta(level) && zip === undefined) {
     const state = await inspectInterruptedRun({ dom, outputDir: output, cpt, partialFiles: target.partials, log, checkpointDir });
@@ -343,7 +373,7 @@ async function backupSteps(
 
   // Step 21: block jobs.
   if (online && (await hasActiveBackupJob(dom))) {
-    throw new BackupFatal(`Active block job for running domain: Check with [virsh domjobinfo ${o.domain}] or use option -k to kill the active job.`);
+    throw new BackupFatal(`Active block job for running domain: Check with [virsh domjobinfo ${o.domain}]; end it with: ${killCommand(o.domain, o.uri, defaultUri())}`);
   }
 
   // Step 22: workers.
@@ -392,6 +422,7 @@ async function backupSteps(
   }
 
   // Step 27: the job, or qemu-nbd servers.
+  faultPoint('backup:before-job'); // test/faults/: every check done, nothing started yet
   const qcowDevs = disks.filter((d) => d.qcow).map((d) => d.dev);
   const createsCheckpoint = online && (effLevel === 'full' || effLevel === 'inc');
   let createdCheckpoint: string | undefined;
@@ -411,10 +442,19 @@ async function backupSteps(
     const cpXml = createsCheckpoint ? checkpointXml(plan.name, plan.parent, qcowDevs) : null;
     if (ssh !== undefined) await ssh.mkdirp(scratchDir);
     else await mkdir(scratchDir, { recursive: true });
+    // The owner record comes first: a run killed from here on leaves a job the next run may end.
+    const dropOwner = await recordJobOwner(o.uri, o.domain, { socket: ssh !== undefined ? undefined : socketFile, checkpoint: cpXml !== null ? plan.name : undefined });
+    // kept while the job may still run (e.g. the connection died before it could be aborted):
+    // the next run sees a dead owner and ends the job
+    cleanups.push(async () => {
+      if (!(await hasActiveBackupJob(dom).catch(() => true))) dropOwner();
+    });
     await startBackupJob(dom, { backupXml: jobXml, checkpointXml: cpXml, pause: o.pause && !o.startDomain, paused, freezeMountpoints: o.freezeMountpoints, libVersion, log });
     jobRunning = true;
     if (cpXml !== null) createdCheckpoint = plan.name;
+    faultPoint('backup:job-started'); // test/faults/: the job runs, its checkpoint exists in libvirt only
     if (o.startOnly) {
+      dropOwner(); // -s: the job is meant to outlive this run
       const where = ssh !== undefined ? tcpNbdUri(nbdHost, ropt.nbdPort, '', ropt.tls) : socketFile;
       log.info(`Backup job started; NBD server on [${where}]${createdCheckpoint !== undefined ? `, checkpoint [${createdCheckpoint}] created (not recorded in ${o.domain}.cpt)` : ''}.`);
       return 0;
@@ -422,6 +462,7 @@ async function backupSteps(
     cleanups.push(async () => {
       if (jobRunning) await stopBackupJob(dom, log);
       jobRunning = false;
+      if (ssh === undefined) await removeDeadSocket(dom, socketFile, log); // qemu died with the job: its socket stays
       if (!succeeded && createdCheckpoint !== undefined) {
         try {
           await (await dom.checkpointLookupByName(createdCheckpoint)).delete();
@@ -510,10 +551,15 @@ async function backupSteps(
           zip,
         });
         results.push(res);
+        if (queue.length > 0) faultPoint('backup:between-disks'); // test/faults/: one data file complete, the next not begun
         dlog.info(`Backup of disk [${d.dev}] finished: ${res.bytes} bytes [${humanSize(res.bytes)}] written to [${res.path}]`);
       } catch (e) {
         failed++;
-        dlog.error(`Backup of disk [${d.dev}] failed: ${(e as Error).message}`);
+        let why = (e as Error).message;
+        if (online && !(await dom.isActive().catch(() => true))) why = `domain [${o.domain}] is no longer running (destroyed or crashed during the backup): ${why}`;
+        // offline, a parent bitmap lost with a crashed qemu: a paused start lets the run fall back to a full
+        if (!online && /of the parent checkpoint is missing/.test(why)) why += ` Run: ${backupCommand(o.domain, o.uri, defaultUri(), ['-l', level, '-S', '-o', output])}`;
+        dlog.error(`Backup of disk [${d.dev}] failed: ${why}`);
       } finally {
         await servers.get(d.dev)?.stop();
       }
@@ -535,11 +581,13 @@ async function backupSteps(
     await stopBackupJob(dom, log);
     jobRunning = false;
   }
+  faultPoint('backup:after-data'); // test/faults/: every data file complete, no .cpt entry or checkpoint XML yet
   const recordCheckpoint = async (): Promise<void> => {
     if (createdCheckpoint === undefined) return;
     await mkdir(checkpointDir, { recursive: true });
     await saveCheckpointXml(dom, createdCheckpoint, checkpointDir);
     await writeCptFile(cptPath, [...cpt, createdCheckpoint]);
+    faultPoint('backup:after-cpt'); // test/faults/: checkpoint recorded; later side files not yet written
     log.info(`Checkpoint [${createdCheckpoint}] recorded in [${cptPath}].`);
     if (zip !== undefined) await addChainStateToZip(zip, cptPath, checkpointDir);
   };
@@ -623,12 +671,11 @@ async function addChainStateToZip(zip: ZipStreamWriter, cptPath: string, checkpo
   await zip.addFile(basename(cptPath), await readFile(cptPath), now);
   await zip.addDirectory('checkpoints/', now);
   const xmls = (await readdir(checkpointDir))
-    .map((n) => /^virtnbdbackup\.([0-9]+)\.xml$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .sort((a, b) => Number(a[1]) - Number(b[1]));
+    .filter((n) => n.endsWith('.xml') && isOurCheckpoint(n.slice(0, -4))) // this chain's (--chain)
+    .sort((a, b) => (ourCheckpointNumber(a.slice(0, -4)) ?? 0) - (ourCheckpointNumber(b.slice(0, -4)) ?? 0));
   for (const m of xmls) {
-    const p = join(checkpointDir, m[0]);
-    await zip.addFile(`checkpoints/${m[0]}`, await readFile(p), (await stat(p)).mtime);
+    const p = join(checkpointDir, m);
+    await zip.addFile(`checkpoints/${m}`, await readFile(p), (await stat(p)).mtime);
   }
 }
 

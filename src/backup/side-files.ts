@@ -17,7 +17,8 @@ import { execa } from 'execa';
 import type { Logger } from '../log/logger.js';
 import { pyJsonString } from '../saveset/pyjson.js';
 import { syncDir } from '../util/atomic-file.js';
-import type { BackupDisk, BootFiles } from './types.js';
+import type { BackupDisk } from './types.js';
+import type { BootFiles } from '../xml/domain-types.js';
 
 /** Where side files go: a backup directory or an archive. Names are plain base names. */
 export interface SideFileSink {
@@ -62,7 +63,7 @@ export function directorySink(dir: string): SideFileSink {
       publish(
         name,
         async (tmp) => {
-          const fh = await open(tmp, 'wx', 0o644);
+          const fh = await open(tmp, 'wx', 0o600);
           try {
             await fh.writeFile(content);
           } catch (e) {

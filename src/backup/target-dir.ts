@@ -6,6 +6,8 @@
 import { readdir } from 'node:fs/promises';
 import { isPartialName, parseDataFileName } from '../chain/names.js';
 import type { BackupLevel, RequestedLevel } from './types.js';
+import { join } from 'node:path';
+import { assertNoSymlink } from '../util/safe-path.js';
 
 export interface TargetState {
   /** Every name in the directory (empty when it does not exist). */
@@ -23,7 +25,16 @@ export async function inspectTarget(dir: string): Promise<TargetState> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
-  const dataLike = names.filter((n) => n.includes('.data'));
+  // The checkpoint XML is written into `checkpoints/`: never into a planted link to elsewhere (src/util/safe-path.ts).
+  if (names.includes('checkpoints')) {
+    try {
+      assertNoSymlink(join(dir, 'checkpoints'));
+    } catch (e) {
+      throw new BackupFatal(`${(e as Error).message}: the checkpoint directory of [${dir}] must be a real directory.`);
+    }
+  }
+  // Files a recovery moved aside (`<name>.failed-<unix time>`, §3.9) belong to no backup.
+  const dataLike = names.filter((n) => n.includes('.data') && !/\.failed-[0-9]+$/.test(n));
   const hasFull = names.some((n) => parseDataFileName(n)?.level === 'full');
   const partials = names.filter((n) => isPartialName(n));
   return { names, dataLike, hasFull, partials };

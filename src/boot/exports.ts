@@ -8,7 +8,7 @@
 import { chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { chainFromSet, type BackupDir, type Chain } from '../chain/index.js';
-import { startServer, type Server } from '../map/nbdkit.js';
+import { startServer, type Server } from '../daemon/nbdkit.js';
 
 export interface DiskExport {
   dev: string;

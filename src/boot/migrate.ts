@@ -13,7 +13,7 @@ import { basename, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { BLOCK_JOB_ABORT, BLOCK_COPY, DOMAIN_XML, type VirtDomain } from '../virt/client.js';
 import { attr, buildDocument, editAttrs, elements, first, parseDocument, setText, textOf } from '../xml/domain-tree.js';
-import { parseDomainXml } from '../backup/domain-xml.js';
+import { parseDomainXml } from '../xml/domain-xml.js';
 import { xmlEscape } from '../xml/escape.js';
 import type { DiskExport } from './exports.js';
 

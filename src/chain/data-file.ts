@@ -16,8 +16,7 @@ export function isRawImageFile(path: string): boolean {
 }
 
 /** A SavesetIndex describing a raw image: one data frame covering the whole file. */
-export function rawImageIndex(path: string): SavesetIndex {
-  const size = statSync(path).size;
+export function rawImageIndex(path: string, size: number = statSync(path).size): SavesetIndex {
   const name = parseDataFileName(basename(path));
   const dev = name?.dev ?? '';
   // A raw full (`-t raw -l full`) started a chain: it created virtnbdbackup.0, as a stream full does.

@@ -20,7 +20,8 @@ const DELTA_RE = new RegExp(`^(${DEV})\\.(inc|diff)\\.(${IDENT})\\.data$`);
 const PARTIAL_RE = /\.data\.partial$/;
 const VMCONFIG_RE = new RegExp(`^vmconfig\\.(${IDENT})\\.xml$`);
 const QCOW_JSON_RE = new RegExp(`^(${DEV})\\.(${IDENT})\\.qcow\\.json$`);
-const CHECKPOINT_RE = /^virtnbdbackup\.([0-9]+)$/;
+// `virtnbdbackup.N`, or `virtnbdbackup.<chain>.N` of an independent chain (virtnbdbackup --chain).
+const CHECKPOINT_RE = /^virtnbdbackup(?:\.[A-Za-z][A-Za-z0-9_-]{0,63})?\.([0-9]+)$/;
 
 /** Parse a data file's base name; undefined when it is not one. */
 export function parseDataFileName(name: string): DataFileName | undefined {

@@ -1,6 +1,7 @@
 /** Shared start-up of the three commands: parse argv (exit 0/2 as argparse), set up the logger. */
 import { tryParseCommandLine, type CommandSpec } from './argv.js';
 import { createLogger, type Logger } from '../log/logger.js';
+import { resolvePassword, restrictUmask } from '../util/safe-defaults.js';
 
 export interface Parsed {
   values: Record<string, unknown>;
@@ -40,4 +41,20 @@ export function redactedArgs(argv: readonly string[]): string {
     else out.push(a);
   }
   return out.join(' ');
+}
+
+/**
+ * Safe defaults for a command that writes backup data or images (src/util/safe-defaults.ts):
+ * private files (umask), and the libvirt password from --password, --password-file or the
+ * environment (kept out of argv). A conflict or an unreadable password file is a usage error.
+ */
+export function secureStartOrExit(command: string, v: Record<string, unknown>): { password?: string; warning?: string } {
+  restrictUmask();
+  try {
+    const { password, warning } = resolvePassword({ password: v['password'] as string | undefined, passwordFile: v['passwordFile'] as string | undefined });
+    return { password, warning };
+  } catch (e) {
+    process.stderr.write(`${command}: error: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
 }

@@ -46,6 +46,7 @@ const G_LOGGING = 'Logging options';
 const G_DEBUG = 'Debug options';
 const G_EXT = 'Extensions';
 const G_RECOVERY = 'Instant recovery (extensions)';
+const G_VERIFY = 'Boot verification (extensions)';
 
 const helpOpt = (group: string): OptionSpec => ({
   short: '-h', long: '--help', kind: 'flag', action: 'help', original: true, group,
@@ -73,7 +74,11 @@ function remoteOptions(env: SpecEnv, group: string): OptionSpec[] {
     },
     {
       long: '--password', kind: 'string', metavar: 'SECRET', original: true, group,
-      help: 'Password to authenticate against libvirtd',
+      help: 'Password to authenticate against libvirtd (visible to other users in ps: prefer --password-file or the environment variable VIRTNBD_PASSWORD)',
+    },
+    {
+      long: '--password-file', kind: 'string', metavar: 'FILE', original: false, group,
+      help: 'Read the libvirtd password from the first line of FILE (keeps it out of the command line)',
     },
     {
       long: '--ssh-user', kind: 'string', metavar: 'NAME', original: true, group,
@@ -180,12 +185,18 @@ export function virtnbdbackupSpec(env: SpecEnv = currentSpecEnv()): CommandSpec 
     versionOpt(G_DEBUG),
     helpOpt(G_DEBUG),
     jsonOpt(G_EXT, 'Print a JSON summary of the run on stdout (logs stay on stderr)'),
+    { long: '--chain', kind: 'string', metavar: 'NAME', original: false, group: G_EXT,
+      help: 'Independent chain NAME (a letter, then letters, digits, _ or -): its checkpoints are virtnbdbackup.NAME.<N>, so one VM can have several chains in different directories (e.g. daily and weekly), each with its own full/inc/diff/auto; a full of one chain never touches the checkpoints of another. Default: the original\'s names (virtnbdbackup.<N>)' },
   ];
   return {
     prog: 'virtnbdbackup',
     description: 'Back up libvirt/qemu virtual machines (full, incremental, differential, copy).',
     version,
     options,
+    validate: (v) =>
+      typeof v.chain === 'string' && !/^[A-Za-z][A-Za-z0-9_-]{0,63}$/.test(v.chain)
+        ? `argument --chain: invalid chain name: '${v.chain}' (a letter, then up to 63 letters, digits, _ or -)`
+        : undefined,
     epilog: `Examples:
   # start a chain
   virtnbdbackup -d vm1 -l full -o /backup/vm1
@@ -198,7 +209,10 @@ export function virtnbdbackupSpec(env: SpecEnv = currentSpecEnv()): CommandSpec 
   # compressed zip archive to stdout
   virtnbdbackup -d vm1 -l full -z -o - > vm1.zip
   # remote host over ssh
-  virtnbdbackup -U qemu+ssh://root@hv1/system --ssh-user root -d vm1 -l auto -o /backup/vm1`,
+  virtnbdbackup -U qemu+ssh://root@hv1/system --ssh-user root -d vm1 -l auto -o /backup/vm1
+  # two independent chains of one VM: daily to local disk, weekly to another target
+  virtnbdbackup -d vm1 -l auto -o /backup/local/vm1 --chain daily
+  virtnbdbackup -d vm1 -l auto -o /mnt/offsite/vm1 --chain weekly`,
   };
 }
 
@@ -348,7 +362,22 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
     { long: '--overlay-dir', kind: 'string', metavar: 'DIR', original: false, group: G_RECOVERY,
       help: 'With --boot: directory for overlays, sockets and console logs (default: a new directory under /var/tmp)' },
     { long: '--shutdown-timeout', kind: 'int', metavar: 'SECONDS', default: 60, min: 0, original: false, group: G_RECOVERY,
-      help: 'With --boot: at Ctrl-C/SIGTERM, how long to wait for the guest to shut down after the ACPI request before the VM is powered off (0: power off at once)' },
+      help: 'With --boot: at Ctrl-C/SIGTERM, how long to wait for the guest to shut down after the ACPI request before the VM is powered off (0: power off at once); with --verify the default is 0' },
+    // boot verification (issue 12)
+    { long: '--verify', kind: 'flag', original: false, group: G_VERIFY,
+      help: 'With --boot: prove the point boots, then stop: the VM runs isolated (no network interface) and headless, is checked (--expect-console, --expect-agent; without either it must keep running for --timeout/2 s without crashing), powered off and removed; a report goes to --report-dir. Exit 0 passed, 1 failed' },
+    { long: '--all-points', kind: 'flag', original: false, group: G_VERIFY,
+      help: 'With --verify: verify every point of the chain in turn, newest first, in one report' },
+    { long: '--timeout', kind: 'int', metavar: 'SECONDS', default: 300, min: 1, original: false, group: G_VERIFY,
+      help: 'With --verify: seconds after the VM started within which every condition must hold' },
+    { long: '--expect-console', kind: 'string', metavar: 'REGEX', original: false, group: G_VERIFY,
+      help: 'With --verify: the serial console output must match this JavaScript regular expression (e.g. "login:")' },
+    { long: '--expect-agent', kind: 'flag', original: false, group: G_VERIFY,
+      help: 'With --verify: the QEMU guest agent must answer guest-ping (its guest-get-osinfo answer goes into the report)' },
+    { long: '--screenshot', kind: 'string', metavar: 'FILE.png', original: false, group: G_VERIFY,
+      help: 'With --verify: save the screen as PNG before the VM is stopped (domains with a video device; with --all-points FILE-<checkpoint>.png)' },
+    { long: '--report-dir', kind: 'string', metavar: 'DIR', original: false, group: G_VERIFY,
+      help: 'With --verify: directory for report.json, report.txt and each boot\'s console log (default: ./virtnbd-verify-<date>-<time>; never inside the backup directory)' },
     { long: '--mount', kind: 'string', metavar: 'MOUNTPOINT', original: false, group: G_RECOVERY,
       help: 'Expose the chain of one disk and mount its file systems read-only under MOUNTPOINT (partN per partition, or MOUNTPOINT itself for a whole-disk file system) until Ctrl-C/SIGTERM' },
   ];
@@ -357,7 +386,7 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
     description: 'Map a backup chain to a block device or serve it as an NBD export.',
     version,
     options,
-    validate: (v) => {
+    validate: (v, given) => {
       const f = v.file !== undefined;
       const i = v.input !== undefined;
       if (f === i) return f ? 'argument -f/--file: not allowed with argument -i/--input' : 'one of the arguments -f/--file -i/--input is required';
@@ -367,6 +396,20 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
       for (const [opt, key] of [['--name', 'name'], ['--migrate-to', 'migrateTo'], ['--keep-overlays', 'keepOverlays'], ['--overlay-dir', 'overlayDir']] as const)
         if (!boot && v[key] !== undefined && v[key] !== false) return `argument ${opt}: requires --boot`;
       if (v.keepOverlays === true && v.overlayDir === undefined) return 'argument --keep-overlays: requires --overlay-dir (where the overlays are kept)';
+      const verify = v.verify === true;
+      if (verify && !boot) return 'argument --verify: requires --boot';
+      for (const [opt, key] of [['--all-points', 'allPoints'], ['--timeout', 'timeout'], ['--expect-console', 'expectConsole'], ['--expect-agent', 'expectAgent'], ['--screenshot', 'screenshot'], ['--report-dir', 'reportDir']] as const)
+        if (!verify && given.has(key)) return `argument ${opt}: requires --verify`;
+      if (verify && v.migrateTo !== undefined) return 'argument --migrate-to: not allowed with argument --verify';
+      if (verify && v.keepOverlays === true) return 'argument --keep-overlays: not allowed with argument --verify';
+      if (v.allPoints === true && v.until !== undefined) return 'argument --all-points: not allowed with argument --until';
+      if (typeof v.expectConsole === 'string') {
+        try {
+          new RegExp(v.expectConsole, 'm');
+        } catch (e) {
+          return `argument --expect-console: invalid regular expression: ${(e as Error).message}`;
+        }
+      }
       return undefined;
     },
     epilog: `Examples:
@@ -384,7 +427,62 @@ export function virtnbdmapSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
   virtnbdmap -i /backup/vm1 --boot
   # boot an older point under another name, then move it onto real storage while it runs
   virtnbdmap -i /backup/vm1 --boot --until virtnbdbackup.3 --name vm1-old --migrate-to /var/lib/libvirt/images/vm1-old
+  # prove every point of the chain boots (isolated, headless), report in /var/log/vm1-verify
+  virtnbdmap -i /backup/vm1 --boot --verify --all-points --expect-console 'login:' --report-dir /var/log/vm1-verify
   # single-file restore: mount the file systems of disk vda read-only
   virtnbdmap -i /backup/vm1 --disk vda --mount /mnt/vm1`,
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+
+/** virtnbdprune (our command, README "Retention"): no original options; short letters as in virtnbdrestore. */
+export function virtnbdpruneSpec(env: SpecEnv = currentSpecEnv()): CommandSpec {
+  const g = G_GENERAL;
+  const options: OptionSpec[] = [
+    { short: '-i', long: '--input', kind: 'string', metavar: 'DIR', required: true, original: false, group: g,
+      help: 'Backup directory (one chain: <domain>.cpt, <disk>.full.data, incrementals, differentials)' },
+    { long: '--keep-last', kind: 'int', metavar: 'N', min: 1, original: false, group: g,
+      help: 'Keep the newest N backup points (checkpoints and differentials); the oldest kept checkpoint becomes the new full' },
+    { long: '--keep-within', kind: 'string', metavar: 'DURATION', original: false, group: g,
+      help: 'Keep every point taken within DURATION before now (by the points\' backup dates): a number and one of s, m, h, d, w, y, e.g. 30d. Together with --keep-last a point is kept when either keeps it' },
+    { long: '--dry-run', kind: 'flag', original: false, group: g,
+      help: 'Only show which points would be merged and which files removed' },
+    jsonOpt(g, 'Print the result (kept and merged points, new fulls, removed files, bytes, seconds) as JSON on stdout'),
+    { short: '-L', long: '--logfile', kind: 'string', metavar: 'FILE', default: homeLog(env, 'virtnbdprune.log'), original: false, group: G_LOGGING,
+      help: 'Log file' },
+    { long: '--nocolor', kind: 'flag', original: false, group: G_LOGGING,
+      help: 'Plain, uncoloured log output on stderr' },
+    { short: '-q', long: '--quiet', kind: 'flag', original: false, group: G_LOGGING,
+      help: 'No log output on stderr (the log file still gets it)' },
+    { short: '-v', long: '--verbose', kind: 'flag', original: false, group: G_DEBUG,
+      help: 'Enable debug output' },
+    versionOpt(G_DEBUG),
+    helpOpt(G_DEBUG),
+  ];
+  return {
+    prog: 'virtnbdprune',
+    description:
+      'Retention for a backup chain without a new full backup: keep the newest points, merge the older ones into a ' +
+      'synthetic full of the oldest kept point and remove the merged files. Works offline on the directory alone ' +
+      '(neither libvirt nor the VM is needed); the next "virtnbdbackup -l inc" continues the chain. Crash-safe: an ' +
+      'interrupted prune leaves every point restorable and is finished by the next run.',
+    version,
+    options,
+    validate: (v) => {
+      if (v.keepLast === undefined && v.keepWithin === undefined) return 'one of the arguments --keep-last --keep-within is required';
+      if (typeof v.keepWithin === 'string' && !/^\s*[0-9]+\s*[smhdwy]\s*$/.test(v.keepWithin))
+        return `argument --keep-within: invalid duration: '${v.keepWithin}' (expected a number and one of s, m, h, d, w, y, e.g. 30d)`;
+      return undefined;
+    },
+    epilog: `Examples:
+  # keep the newest 7 points of the chain in /backup/vm1, merge the rest into a full
+  virtnbdprune -i /backup/vm1 --keep-last 7
+  # keep everything from the last 30 days, but at least 3 points; show the plan only
+  virtnbdprune -i /backup/vm1 --keep-within 30d --keep-last 3 --dry-run
+  # nightly: back up (full the first time, then incremental), then prune; machine-readable result
+  virtnbdbackup -d vm1 -l auto -o /backup/vm1 && virtnbdprune -i /backup/vm1 --keep-last 14 --json
+  # after an interrupted prune (kill, power loss): run it again, it finishes the pending one first
+  virtnbdprune -i /backup/vm1 --keep-last 14`,
   };
 }

@@ -8,16 +8,19 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ZipStreamWriter } from '../zip/index.js';
 import { virtnbdbackupSpec } from './specs.js';
-import { parseOrExit, commandLogger, redactedArgs } from './run.js';
+import { parseOrExit, commandLogger, redactedArgs, secureStartOrExit } from './run.js';
 import { packageVersion } from './version.js';
 import { prepareTarget, runBackup, type BackupOptions } from '../backup/run.js';
 import { BackupFatal } from '../backup/target-dir.js';
-import { createProgress } from '../backup/progress.js';
+import { createProgress } from '../util/progress.js';
 import { humanSize } from '../util/humanize.js';
 import type { RequestedLevel } from '../backup/types.js';
 import { remoteOptionsOf } from '../remote/cli-options.js';
+import { setCheckpointChain } from '../backup/cpt-file.js';
 
 const { values: v, given } = parseOrExit(virtnbdbackupSpec(), process.argv.slice(2));
+// Safe defaults (src/util/safe-defaults.ts): private files, the password out of argv.
+const { password, warning: passwordWarning } = secureStartOrExit('virtnbdbackup', v);
 
 const pad = (n: number): string => String(n).padStart(2, '0');
 function logStamp(d: Date): string {
@@ -58,6 +61,7 @@ try {
   process.exit(1);
 }
 log.info(`Version: ${packageVersion()} Arguments: ${redactedArgs(process.argv.slice(1))}`);
+if (passwordWarning !== undefined) log.warn(passwordWarning);
 
 const compress = given.has('compress') ? (v.compress as number) : false;
 const opts: BackupOptions = {
@@ -81,13 +85,15 @@ const opts: BackupOptions = {
   threshold: given.has('threshold') ? (v.threshold as number) : undefined,
   uri: v.uri as string,
   user: v.user as string | undefined,
-  password: v.password as string | undefined,
+  password,
   useNbdinfo: v.qemu === true,
   startOnly: v.startonly === true,
   killOnly: v.killonly === true,
   printOnly: v.printonly === true,
   remote: remoteOptionsOf(v),
+  chain: v.chain as string | undefined,
 };
+setCheckpointChain(opts.chain); // before anything reads .cpt or checkpoint names (zip mode, -k)
 
 const ac = new AbortController();
 const onSignal = (sig: NodeJS.Signals): void => {

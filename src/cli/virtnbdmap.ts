@@ -5,6 +5,7 @@ import { runMap, type MapOptions } from '../map/virtnbdmap.js';
 import { packageVersion } from './version.js';
 import { runMount } from '../mount/run-mount.js';
 import { runBoot } from '../boot/run-boot.js';
+import { runVerify } from '../boot/verify.js';
 
 const { values: v, given } = parseOrExit(virtnbdmapSpec(), process.argv.slice(2));
 const log = commandLogger('virtnbdmap', v, v.logfile as string);
@@ -34,6 +35,27 @@ const opts: MapOptions = {
 const out = (s: string): void => void process.stdout.write(s);
 let code: number;
 if (typeof v.mount === 'string') code = await runMount({ ...opts, mountpoint: v.mount }, log, out);
+else if (v.boot === true && v.verify === true)
+  code = await runVerify(
+    {
+      ...opts,
+      input: v.input as string,
+      name: v.name as string | undefined,
+      uri: v.uri as string,
+      keepOverlays: false,
+      overlayDir: v.overlayDir as string | undefined,
+      // a verified VM's writes are discarded: power it off at once unless asked otherwise
+      shutdownTimeout: given.has('shutdownTimeout') ? (v.shutdownTimeout as number) : 0,
+      allPoints: v.allPoints === true,
+      timeout: v.timeout as number,
+      expectConsole: typeof v.expectConsole === 'string' ? new RegExp(v.expectConsole, 'm') : undefined,
+      expectAgent: v.expectAgent === true,
+      screenshot: v.screenshot as string | undefined,
+      reportDir: v.reportDir as string | undefined,
+    },
+    log,
+    out,
+  );
 else if (v.boot === true)
   code = await runBoot(
     {

@@ -4,13 +4,15 @@
  * applied files, dump output and --json results on stdout; exit 0 / 1 / 2 as CLI.md §3.3.
  */
 import { virtnbdrestoreSpec } from './specs.js';
-import { parseOrExit, commandLogger, redactedArgs } from './run.js';
+import { parseOrExit, commandLogger, redactedArgs, secureStartOrExit } from './run.js';
 import { packageVersion } from './version.js';
 import { runRestore, type RestoreOptions } from '../restore/run.js';
-import { createProgress } from '../backup/progress.js';
+import { createProgress } from '../util/progress.js';
 import { remoteOptionsOf } from '../remote/cli-options.js';
 
 const { values: v } = parseOrExit(virtnbdrestoreSpec(), process.argv.slice(2));
+// Safe defaults (src/util/safe-defaults.ts): private files, the password out of argv.
+const { password, warning: passwordWarning } = secureStartOrExit('virtnbdrestore', v);
 
 const output = v.output as string;
 const action: RestoreOptions['action'] = output === 'dump' || output === 'verify' ? output : (v.action as RestoreOptions['action']);
@@ -24,6 +26,7 @@ try {
   process.exit(1);
 }
 log.info(`Version: ${packageVersion()} Arguments: ${redactedArgs(process.argv.slice(1))}`);
+if (passwordWarning !== undefined) log.warn(passwordWarning);
 
 const ac = new AbortController();
 const onSignal = (sig: NodeJS.Signals): void => {
@@ -51,7 +54,7 @@ const opts: RestoreOptions = {
   compress: v.compress === true,
   uri: v.uri as string,
   user: v.user as string | undefined,
-  password: v.password as string | undefined,
+  password,
   json: v.json === true,
   remote: remoteOptionsOf(v),
 };

@@ -2,7 +2,7 @@
  * Which qdev id HMP `qemu-io -d <qdev>` takes for a disk of a running domain, for tests,
  * benchmarks and the demo that write "as the guest" through qemu's block layer (ENVIRONMENT.md).
  */
-import { parseDomainXml } from '../backup/domain-xml.js';
+import { parseDomainXml } from '../xml/domain-xml.js';
 
 /** target dev → alias name, from a live domain XML. */
 export function diskAliases(liveXml: string): Map<string, string> {

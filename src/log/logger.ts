@@ -12,7 +12,10 @@
  * spawning logger(1) per record is not acceptable. The option is accepted; a one-time warning
  * says that syslog output is not available (that notice is not counted as a warning).
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, writeSync } from 'node:fs';
+
+/** Append, create 0600, never through a symlink (issue 10: a planted log-name link is refused with ELOOP). */
+const LOG_FLAGS = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW;
 
 export type LogLevel = 'DEBUG' | 'INFO' | 'WARNING' | 'ERROR' | 'CRITICAL';
 
@@ -140,7 +143,7 @@ function makeLogger(sink: Sink, component: string | undefined): Logger {
 export function createLogger(opts: LoggerOptions): Logger {
   const sink: Sink = {
     opts,
-    fd: opts.logFile !== undefined ? openSync(opts.logFile, 'a', 0o644) : undefined,
+    fd: opts.logFile !== undefined ? openSync(opts.logFile, LOG_FLAGS, 0o600) : undefined,
     fileFailed: false,
     counts: { warnings: 0, errors: 0 },
     writeStderr: opts.writeStderr ?? ((s) => void process.stderr.write(s)),

@@ -7,7 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { chainFromSet, chainFromFiles, resolveSelected, discoverBackupDir } from '../chain/index.js';
 import { dataBytes } from '../chain/extent-map.js';
-import { startServer, tail, type Server } from './nbdkit.js';
+import { startServer, tail, type Server } from '../daemon/nbdkit.js';
 import { nbdDevicesPresent, deviceExists, connectDevice, disconnectDevice } from './device.js';
 import { which } from '../util/which.js';
 import { humanSize } from '../util/humanize.js';

@@ -22,7 +22,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, statSync } from 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startMapping, type MapInfo, type MapLog, type MapOptions, type Mapping } from '../map/virtnbdmap.js';
-import { tail } from '../map/nbdkit.js';
+import { tail } from '../daemon/nbdkit.js';
 import { nbdDevicesPresent } from '../map/device.js';
 import { which } from '../util/which.js';
 import { humanSize } from '../util/humanize.js';
@@ -31,6 +31,7 @@ import { attachLoop, detachLoop } from './loop.js';
 import { startNbdfuse, type FuseFile } from './nbdfuse.js';
 import { mountFs, unmountWithRetry, mountsUnder } from './mounts.js';
 import { UndoStack } from './undo.js';
+import { createRunDir, noteInRunDir, runDirPrefixes, sweepDeadRunDirs } from '../util/run-dir.js';
 
 export interface MountOptions extends MapOptions {
   mountpoint: string;
@@ -93,6 +94,8 @@ export function checkMountpoint(path: string): { dir: string } | { error: string
 }
 
 export async function runMount(opts: MountOptions, log: MapLog, out: (s: string) => void): Promise<number> {
+  // a --mount killed earlier may still hold this mount point: clean up after dead runs first
+  for (const p of runDirPrefixes()) await sweepDeadRunDirs(p, (l) => log.warn(l));
   const mp = checkMountpoint(opts.mountpoint);
   if ('error' in mp) {
     log.error(mp.error);
@@ -140,7 +143,8 @@ export async function runMount(opts: MountOptions, log: MapLog, out: (s: string)
   const failed: { partition: number | null; error: string }[] = [];
   let disk: string;
   try {
-    const tmp = mkdtempSync(join(tmpdir(), 'virtnbd-mount-'));
+    // owner.json (with the mount point): a later run cleans up after us if we are killed
+    const tmp = await createRunDir(join(tmpdir(), 'virtnbd-mount-'), 'virtnbdmap --mount', { mountpoint }, (l) => log.warn(l));
     undo.push(`remove [${tmp}]`, () => {
       const left = mountsUnder(tmp);
       if (left.length > 0) throw new Error(`still mounted: ${left.join(', ')}; directory left in place`);
@@ -159,6 +163,7 @@ export async function runMount(opts: MountOptions, log: MapLog, out: (s: string)
       mkdirSync(dir);
       fuse = await startNbdfuse({ dir, uri: mapping.info.uri, size: mapping.info.size, readonly: opts.readonly });
       const f = fuse;
+      noteInRunDir(tmp, { pids: [f.pid] });
       undo.push(`stop nbdfuse [${dir}]`, () => f.stop());
       disk = fuse.file;
       log.info(`Export exposed as [${disk}] through nbdfuse (pid ${fuse.pid})`);

@@ -1,5 +1,5 @@
 /**
- * The binary extent table the worker hands the plugin shim (plugin/PROTOCOL.md, "The table").
+ * The binary extent table the worker hands the plugin shim (docs/PROTOCOL.md, "The table").
  * Little-endian; a 32-byte header, the file list, zero padding to a multiple of 8, then one
  * 48-byte record per extent. decodeTable applies the same checks as the shim.
  */
@@ -34,8 +34,12 @@ function checkExtent(e: MapExtent, i: number, end: number, size: number, nfiles:
   if (e.kind !== ExtentKind.Zero && e.kind !== ExtentKind.Raw && e.kind !== ExtentKind.Lz4) fail(`bad kind ${e.kind}`);
   if (e.file >= nfiles) fail(`file index ${e.file} out of range (${nfiles} files)`);
   if (e.csize > U32_MAX || e.usize > U32_MAX || e.file > U32_MAX) fail('csize/usize/file exceed 32 bits');
+  if (e.kind === ExtentKind.Zero && (e.fileOffset || e.sliceOffset || e.file || e.csize || e.usize)) fail('zero extent with a file position');
+  if (e.kind === ExtentKind.Raw && (e.sliceOffset || e.csize || e.usize)) fail('raw extent with lz4 fields');
   if (e.kind === ExtentKind.Lz4) {
     if (e.csize === 0 || e.usize === 0 || e.usize > MAX_FRAME_USIZE) fail(`bad lz4 frame sizes ${e.csize}/${e.usize}`);
+    // as the shim (plugin/vnbd-table.h vnbd_max_csize): no LZ4 writer expands data that much
+    if (e.csize > 2 * e.usize + 65536) fail(`lz4 frame of ${e.csize} bytes for ${e.usize} decoded bytes`);
     if (e.sliceOffset + e.length > e.usize) fail('lz4 slice extends past the decoded frame');
   }
 }

@@ -1,7 +1,9 @@
 /**
- * The Node worker of the nbdkit plugin shim (plugin/PROTOCOL.md). Started by the shim as
- *   node worker.js --resolve FILE...   (worker 0: resolve the chain, send the table, then serve)
- *   node worker.js --serve FILE...     (answer read requests for compressed data)
+ * The Node worker of the nbdkit plugin shim (docs/PROTOCOL.md). Started by the shim as
+ *   node worker.js --resolve [--fds=N] FILE...   (worker 0: resolve the chain, send the table, then serve)
+ *   node worker.js --serve [--fds=N] FILE...     (answer read requests for compressed data, lz4=worker)
+ * With --fds=N, file i is read through the inherited descriptor N + i (the very file the shim
+ * opened and checked); the paths only name the files. Without it, the paths are opened.
  * It talks to the shim over fd 3 (a socketpair), synchronously: read one request, answer it.
  * Never writes to stdout; errors go to the shim (status + message) or, failing that, to stderr.
  * Exits 0 when the shim closes the socket.
@@ -105,18 +107,19 @@ function message(err: unknown): string {
  * --resolve: index every file, resolve the chain, send the table; returns the LZ4 decoder for
  * serving (loaded before answering, so a broken installation fails at start-up). Exits 1 on failure.
  */
-async function resolve(files: string[]): Promise<DecodeLz4Frame> {
+async function resolve(files: string[], fds: number[] | undefined): Promise<DecodeLz4Frame> {
   let table: Buffer;
   let decode: DecodeLz4Frame;
   try {
-    const [{ indexDataFile }, { resolveChain }, { encodeTable }, lz4] = await Promise.all([
+    const [{ indexDataFile }, { indexDataFd }, { resolveChain }, { encodeTable }, lz4] = await Promise.all([
       import('../chain/data-file.js'),
+      import('./fd-index.js'),
       import('../chain/resolve.js'),
       import('./table.js'),
       import('../saveset/lz4.js'),
     ]);
     decode = lz4.decodeLz4FrameAsync;
-    table = encodeTable(resolveChain(files.map((f) => indexDataFile(f))));
+    table = encodeTable(resolveChain(files.map((f, i) => (fds ? indexDataFd(fds[i]!, f) : indexDataFile(f)))));
   } catch (err) {
     // SavesetFormatError, ChainError, TableError → EINVAL; I/O errors (ENOENT, EACCES) → EIO.
     sendError(errorStatus(err), message(err));
@@ -134,7 +137,10 @@ class Server {
   constructor(
     private readonly files: string[],
     private readonly decode: DecodeLz4Frame,
-  ) {}
+    inherited: number[] | undefined,
+  ) {
+    if (inherited) this.fds.push(...inherited);
+  }
 
   private fd(file: number): number {
     let fd = this.fds[file];
@@ -210,13 +216,16 @@ class Server {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [mode, ...files] = argv;
+  const [mode, ...rest] = argv;
+  const fdArg = /^--fds=(\d+)$/.exec(rest[0] ?? '');
+  const files = fdArg ? rest.slice(1) : rest;
   if ((mode !== '--resolve' && mode !== '--serve') || files.length === 0) {
-    logStderr('usage: worker.js --resolve|--serve FILE...');
+    logStderr('usage: worker.js --resolve|--serve [--fds=N] FILE...');
     return 2;
   }
-  const decode = mode === '--resolve' ? await resolve(files) : (await import('../saveset/lz4.js')).decodeLz4FrameAsync;
-  await new Server(files, decode).run();
+  const fds = fdArg ? files.map((_, i) => Number(fdArg[1]) + i) : undefined;
+  const decode = mode === '--resolve' ? await resolve(files, fds) : (await import('../saveset/lz4.js')).decodeLz4FrameAsync;
+  await new Server(files, decode, fds).run();
   return 0;
 }
 

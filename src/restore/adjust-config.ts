@@ -35,10 +35,12 @@
  */
 import { basename, join, resolve } from 'node:path';
 import { selectDisks } from '../backup/disk-selection.js';
-import { parseDomainXml } from '../backup/domain-xml.js';
+import { parseDomainXml } from '../xml/domain-xml.js';
 import { attr, buildDocument, editAttrs, elements, escapeXml, first, kids, parseDocument, removeChild, setText, textOf, ATTRS, AT, TEXT, type XNode } from '../xml/domain-tree.js';
-import type { BackupDisk, DomainDisk } from '../backup/types.js';
+import type { BackupDisk } from '../backup/types.js';
+import type { DomainDisk } from '../xml/domain-types.js';
 import type { Logger } from '../log/logger.js';
+import { isPlainName } from '../util/safe-path.js';
 
 export interface AdjustConfigOptions {
   /** dev → absolute path of the restored image, for every disk that was restored. */
@@ -175,10 +177,6 @@ export interface RestoredDiskListOptions {
   outputDir?: string;
 }
 
-/** A plain file name: no separator, not `.`/`..`, no NUL. */
-function isPlainName(s: string): boolean {
-  return s !== '' && s !== '.' && s !== '..' && !s.includes('/') && !s.includes('\0');
-}
 
 function volumeToFile(disk: DomainDisk, outputDir: string | undefined, log: Logger): DomainDisk {
   const { pool, volume } = disk.volume ?? { pool: '', volume: '' };

@@ -20,9 +20,10 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { copyFile, lstat, mkdir, open, unlink } from 'node:fs/promises';
 import { basename, dirname, join, posix, resolve } from 'node:path';
-import { parseDomainXml } from '../backup/domain-xml.js';
+import { parseDomainXml } from '../xml/domain-xml.js';
 import type { Logger } from '../log/logger.js';
 import { FileExistsError, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
+import { assertNoSymlinksBelow } from '../util/safe-path.js';
 
 /** Where boot files are restored to: the local file system (default) or a remote host. */
 export interface BootFileTarget {
@@ -179,6 +180,15 @@ export async function restoreBootFiles(
       continue;
     }
     const dest = root !== undefined ? join(root, original) : original;
+    if (root !== undefined) {
+      try {
+        assertNoSymlinksBelow(root, dest); // a symlink planted below the root (src/util/safe-path.ts)
+      } catch (e) {
+        log.error(`Refusing to restore boot file [${original}] to [${dest}]: ${errorMessage(e)}`);
+        result.skipped.push(dest);
+        continue;
+      }
+    }
 
     try {
       if (await restoreOne(input, original, dest, idents, log, opts.target ?? { exists: pathExists, copyNoReplace })) result.copied.push(dest);

@@ -25,7 +25,7 @@ import { sizeChanges } from '../chain/resize.js';
 import { dataBytes, type ExtentMap } from '../chain/extent-map.js';
 import type { Logger } from '../log/logger.js';
 import { copyChain, type CopyMethod } from './copy-chain.js';
-import { pointIdent, sequenceOf } from './point.js';
+import { pointIdent, sequenceOf } from '../chain/point.js';
 import {
   abortTarget,
   createTarget,
@@ -40,6 +40,7 @@ import {
   type TargetImage,
 } from './target-image.js';
 import { pathExists } from '../util/atomic-file.js';
+import { faultPoint } from '../util/fault-point.js';
 
 export type RestoreStage = 'chain' | 'create' | 'copy' | 'publish';
 
@@ -246,7 +247,10 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
       map,
       target: { path: target.partial, format },
       method: o.method,
-      progress: o.progress,
+      progress: (done, total) => {
+        faultPoint('restore:mid-copy'); // test/faults/: the partial image holds some data
+        o.progress?.(done, total);
+      },
       signal: o.signal,
       socket: o.socket,
       debug: (m) => log.debug(m),

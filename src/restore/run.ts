@@ -5,12 +5,12 @@
  * and `-D` define. Any failed disk makes the run exit 1; no half image is left under a final name.
  *
  * Remote mode (`qemu+ssh` URI, §11.9): `--output` must be absolute and names a directory on the
- * remote host; the images are created and served there through ssh (src/remote/restore-disk.ts),
+ * remote host; the images are created and served there through ssh (src/restore/remote-disk.ts),
  * the configuration and boot files are uploaded, pools are refreshed and `-D` defines through the
  * remote libvirt.
  */
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { basename, join, posix, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { humanSize } from '../util/humanize.js';
@@ -20,17 +20,18 @@ import { ChainError } from '../chain/index.js';
 import { dumpSet, formatDump } from './dump.js';
 import { verifySet } from './verify.js';
 import { RestoreInputError } from './dump-files.js';
-import { selectPointFiles, requireVmconfig, NoVmconfigError, type SelectedPoint } from './point.js';
+import { selectPointFiles, requireVmconfig, NoVmconfigError, type SelectedPoint } from '../chain/point.js';
 import { restoreDisk, type RestoreDiskResult } from './restore-disk.js';
 import { adjustConfig, restoredDiskList } from './adjust-config.js';
 import { restoreBootFiles, type BootFileTarget } from './boot-files.js';
 import { FileExistsError } from '../util/atomic-file.js';
 import { checkPortRange, isRemoteUri, openRemoteSession, remoteHostName, uriHost, type RemoteOptions } from '../remote/host.js';
-import { restoreDiskRemote } from '../remote/restore-disk.js';
+import { restoreDiskRemote } from './remote-disk.js';
 import { RemoteFileExistsError, type SshRunner, type SshSession } from '../remote/ssh.js';
 import { defineRestored, refreshPoolFor } from './define.js';
 import { isPlainName } from './target-image.js';
-import type { ProgressBar } from '../backup/progress.js';
+import type { ProgressBar } from '../util/progress.js';
+import { MAX_XML_FILE, readTextCapped } from '../util/read-capped.js';
 
 export interface RestoreOptions {
   action: 'dump' | 'verify' | 'restore';
@@ -169,11 +170,11 @@ async function restoreSteps(
   let vmconfigXml: string | undefined;
   if (o.sequence !== undefined) {
     disks = [{ dev: point.dev, target: point.dev }];
-    if (point.vmconfig) vmconfigXml = await readFile(point.vmconfig.path, 'utf8');
+    if (point.vmconfig) vmconfigXml = await readTextCapped(point.vmconfig.path, MAX_XML_FILE);
   } else {
     const vm = requireVmconfig(point, input);
     if (!vm.exact) log.warn(`No vmconfig of point [${point.ident}]; using the one of the earlier point [${vm.ident}].`);
-    vmconfigXml = await readFile(vm.path, 'utf8');
+    vmconfigXml = await readTextCapped(vm.path, MAX_XML_FILE);
     const list = await restoredDiskList(vmconfigXml, { disk: o.disk, raw: o.raw, outputDir: output }, log);
     const have = new Set(readdirSync(input).filter((n) => n.endsWith('.data')).map((n) => n.split('.')[0]));
     disks = [];

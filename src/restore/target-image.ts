@@ -9,11 +9,14 @@
  * (created empty, exclusively) before qemu-img runs and referenced by its absolute path, so the
  * image header stays valid when `<target>.partial` is renamed; on failure it is removed too.
  */
-import { open, readFile, unlink } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from '../log/logger.js';
 import { FileExistsError, fsyncFile, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
+import { isPlainName } from '../util/safe-path.js';
+import { dropPartialOwner, markPartialOwner, partialExistsMessage, partialWriterAlive, reclaimDeadPartial } from './partial-owner.js';
+import { FileTooLargeError, MAX_QCOW_JSON_FILE, readTextCapped } from '../util/read-capped.js';
 
 export type ImageFormat = 'qcow2' | 'qcow' | 'raw';
 
@@ -43,10 +46,7 @@ export function validateFormat(format: string, source: string): ImageFormat {
   throw new TargetImageError(`Unsupported disk format [${format}] in ${source}: expected qcow2, qcow or raw`);
 }
 
-/** True when `name` is a plain file name usable inside a directory the user chose (FORMAT.md §9). */
-export function isPlainName(name: string): boolean {
-  return name !== '' && name !== '.' && name !== '..' && !name.includes('/') && !name.includes('\0');
-}
+export { isPlainName };
 
 type Warn = (msg: string) => void;
 
@@ -108,13 +108,10 @@ export function qcowOptionsFrom(json: unknown, file: string, warn: Warn): QcowOp
 export async function readQcowJson(path: string, warn: Warn): Promise<QcowOptions> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readTextCapped(path, MAX_QCOW_JSON_FILE); // stat first: never read a huge file whole
   } catch (e) {
-    warn(`Unable to read QCOW image config [${path}]: ${(e as Error).message}, will use default options.`);
-    return {};
-  }
-  if (text.length > 1024 * 1024) {
-    warn(`QCOW image config [${path}] is larger than 1 MiB, will use default options.`);
+    if (e instanceof FileTooLargeError) warn(`QCOW image config [${path}] is larger than 1 MiB, will use default options.`);
+    else warn(`Unable to read QCOW image config [${path}]: ${(e as Error).message}, will use default options.`);
     return {};
   }
   let json: unknown;
@@ -212,10 +209,11 @@ export async function createTarget(o: CreateTargetOptions): Promise<TargetImage>
   const path = join(dir, o.name);
   const partial = `${path}.partial`;
   if (await pathExists(path)) throw new TargetImageError(targetExistsMessage(path));
-  if (!(await reserve(partial)))
-    throw new TargetImageError(
-      `Partial image [${partial}] exists: another restore is writing it, or an earlier one was interrupted; remove it to restore again.`,
-    );
+  // a partial image of a dead restore (partial-owner.ts) is removed; any other is refused
+  if (!(await reserve(partial)) && !(reclaimDeadPartial(partial, o.log) && (await reserve(partial)))) {
+    throw new TargetImageError(partialExistsMessage(partial, partialWriterAlive(partial)));
+  }
+  await markPartialOwner(partial);
   const target: TargetImage = { path, partial, format: o.format, size: o.size };
   try {
     const qcow = o.format === 'qcow2' ? o.qcow : undefined;
@@ -224,6 +222,7 @@ export async function createTarget(o: CreateTargetOptions): Promise<TargetImage>
       if (df === path || df === partial) throw new TargetImageError(`External data file [${df}] would be the image itself`);
       if (!(await reserve(df))) throw new TargetImageError(`Data file already exists: [${df}], won't overwrite.`);
       target.dataFile = df;
+      await markPartialOwner(partial, df);
     }
     const args = qemuImgCreateArgs({ format: o.format, path: partial, size: o.size, preallocate: o.preallocate, qcow, dataFilePath: target.dataFile });
     o.log.debug(`qemu-img ${args.join(' ')}`);
@@ -250,6 +249,7 @@ export async function finishTarget(t: TargetImage): Promise<void> {
     throw e;
   }
   await syncDir(dirname(t.path));
+  dropPartialOwner(t.partial);
 }
 
 /** Removes the partial image and the data file we created (never the final name). Never rejects. */
@@ -258,4 +258,5 @@ export async function abortTarget(t: TargetImage): Promise<void> {
     if (p === undefined) continue;
     await unlink(p).catch(() => undefined);
   }
+  dropPartialOwner(t.partial);
 }

@@ -291,6 +291,9 @@ export async function verifyStreamFile(path: string, opts: StreamVerifyOptions =
 
     /** Holds one LZ4 frame at a time (reused: decoding is synchronous). */
     let scratch = Buffer.alloc(0);
+    /** Its decoded bytes, only checked, never kept: reused too (a fresh 32 MiB buffer per frame
+     * cost more page faults than liblz4 spent decoding; bench/README.md, restore). */
+    let decodedScratch = Buffer.alloc(0);
     /** Cut the payload of a compressed data frame into its LZ4 frames and decode each. */
     const checkChunks = async (headerAt: number, length: number, sizes: readonly number[]): Promise<void> => {
       let total = 0;
@@ -338,7 +341,8 @@ export async function verifyStreamFile(path: string, opts: StreamVerifyOptions =
         }
         total += usize;
         try {
-          decodeLz4Frame(chunk, usize, path, off); // every checksum present, the exact size
+          if (decodedScratch.length < usize) decodedScratch = Buffer.allocUnsafe(usize);
+          decodeLz4Frame(chunk, usize, path, off, decodedScratch); // every checksum present, the exact size
         } catch (e) {
           fromError(e);
         }

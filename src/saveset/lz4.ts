@@ -123,7 +123,12 @@ function walkBlocks(frame: Buffer, h: Lz4FrameHeader, file: string, offset: numb
     }
     // A compressed block decodes to at most 255 bytes per input byte (and never beyond the maximum).
     bound += stored ? size : Math.min(h.blockMaxSize, size * 256);
-    pos += 4 + size + (h.blockChecksum ? 4 : 0);
+    const next = pos + 4 + size + (h.blockChecksum ? 4 : 0);
+    // name the block that runs past the frame, not an offset beyond it (found by fuzz/)
+    if (next > frame.length) {
+      throw new SavesetFormatError(file, offset + pos, `corrupt LZ4 frame: block of ${size} bytes runs past the end of the frame`);
+    }
+    pos = next;
   }
 }
 
@@ -174,10 +179,11 @@ function lz4Native(): Lz4Native {
   return loadNative() as unknown as Lz4Native;
 }
 
-function decodeChecked(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number): Buffer {
+function decodeChecked(frame: Buffer, file: string, offset: number, exact: number | undefined, max: number, into?: Buffer): Buffer {
   const { size, finish } = checkBeforeDecode(frame, file, offset, exact, max);
+  if (into !== undefined && into.length < size) throw new RangeError(`decodeLz4Frame: buffer of ${into.length} bytes for ${size}`);
   return finish(() => {
-    const dst = Buffer.allocUnsafe(size);
+    const dst = into ? into.subarray(0, size) : Buffer.allocUnsafe(size);
     const n = lz4Native().lz4DecodeFrame(frame, dst);
     return n === size ? dst : dst.subarray(0, n);
   });
@@ -186,21 +192,26 @@ function decodeChecked(frame: Buffer, file: string, offset: number, exact: numbe
 /**
  * Decode exactly one complete LZ4 frame (`frame` was read at `offset` of `file`), which must decode
  * to `expectedSize` bytes; every checksum present is verified, trailing bytes are rejected.
+ * With `into`, decodes into its first expectedSize bytes (a reused buffer: no allocation, no
+ * page faults per frame) and returns that view.
  */
-export function decodeLz4Frame(frame: Buffer, expectedSize: number, file: string, offset: number): Buffer {
-  return decodeChecked(frame, file, offset, expectedSize, expectedSize);
+export function decodeLz4Frame(frame: Buffer, expectedSize: number, file: string, offset: number, into?: Buffer): Buffer {
+  return decodeChecked(frame, file, offset, expectedSize, expectedSize, into);
 }
 
 /**
  * decodeLz4Frame on the libuv thread pool, with the same checks (liblz4 via the native addon:
  * lz4-napi 2.10's decoders, sync and async, never free their output, see native/lz4.cc).
+ * With `into`, decodes into its first expectedSize bytes and returns that view.
  */
-export async function decodeLz4FrameAsync(frame: Buffer, expectedSize: number, file: string, offset: number): Promise<Buffer> {
+export async function decodeLz4FrameAsync(frame: Buffer, expectedSize: number, file: string, offset: number, into?: Buffer): Promise<Buffer> {
   const { size, finish } = checkBeforeDecode(frame, file, offset, expectedSize, expectedSize);
   let decoded: Buffer | undefined;
   let failure: unknown;
+  if (into !== undefined && into.length < size) throw new RangeError(`decodeLz4FrameAsync: buffer of ${into.length} bytes for ${size}`);
   try {
-    const dst = Buffer.allocUnsafe(size);
+    // `into` (a reused buffer of the caller's, e.g. the restore copier's pool): no allocation and no GC per frame
+    const dst = into ? into.subarray(0, size) : Buffer.allocUnsafe(size);
     const n = await lz4Native().lz4DecodeFrameAsync(frame, dst);
     decoded = n === size ? dst : dst.subarray(0, n);
   } catch (e) {

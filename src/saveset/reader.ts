@@ -257,6 +257,11 @@ export function indexSaveset(path: string): SavesetIndex {
   }
 }
 
+/** indexSaveset on a descriptor opened by someone else (the plugin shim hands its workers the files it checked); `path` names it in errors. */
+export function indexSavesetFd(fd: number, path: string): SavesetIndex {
+  return indexFd(fd, path);
+}
+
 /** The metadata of a stream file after validating its meta frame only, or a SavesetFormatError. */
 export function readSavesetMetadata(path: string): { metadata: Metadata; raw: Record<string, unknown>; compressed: boolean } {
   const fd = openSync(path, 'r');

@@ -1,5 +1,5 @@
 /**
- * Types of the sparse stream format (../../../shared/design/FORMAT.md §2).
+ * Types of the sparse stream format (docs/FORMAT.md §2).
  * Everything here is plain data: the format knows nothing about chains, NBD or libvirt.
  */
 

@@ -301,6 +301,28 @@ export class SavesetWriter {
     });
   }
 
+  /**
+   * Append one complete, already compressed LZ4 frame that decodes to `usize` bytes to the open data
+   * frame of a compressed stream, exactly where write() would have put a chunk of that size: at a
+   * chunk boundary (nothing pending), and `usize` must be the chunk size there (LZ4_CHUNK, or the
+   * rest of the frame). Used to copy frames of another stream verbatim (virtnbdprune); the caller
+   * has decoded (and so checked) the frame.
+   */
+  async writeLz4Frame(frame: Buffer, usize: number): Promise<void> {
+    return this.op(async () => {
+      const cur = this.cur;
+      if (!this.compress) throw new SavesetWriterError('writeLz4Frame() on an uncompressed stream');
+      if (!cur) throw new SavesetWriterError('writeLz4Frame() without an open data frame');
+      const expected = Math.min(LZ4_CHUNK, cur.length - cur.received);
+      if (this.fill !== 0 || usize !== expected || usize === 0) {
+        throw new SavesetWriterError(`data frame at ${cur.start}: an LZ4 frame of ${usize} bytes does not fit here (chunk of ${expected} bytes, ${this.fill} pending)`);
+      }
+      cur.csizes.push(frame.length);
+      cur.received += usize;
+      await this.emit(frame);
+    });
+  }
+
   /** Close the open data frame; exactly `length` bytes must have been written. */
   async endData(): Promise<void> {
     return this.op(async () => {

@@ -66,7 +66,7 @@ export async function publishNoReplace(src: string, dst: string): Promise<void> 
 export async function writeFileAtomic(path: string, content: string | Uint8Array, opts: { replace?: boolean; mode?: number } = {}): Promise<void> {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${Date.now().toString(36)}.tmp`);
-  const fh = await open(tmp, 'wx', opts.mode ?? 0o644);
+  const fh = await open(tmp, 'wx', opts.mode ?? 0o600);
   try {
     await fh.writeFile(content);
     await fh.sync();

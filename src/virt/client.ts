@@ -6,7 +6,7 @@
  * This module is the only user of the addon's libvirt part.
  */
 import { XMLParser } from 'fast-xml-parser';
-import { decodeXmlEntities } from '../backup/domain-xml.js';
+import { decodeXmlEntities } from '../xml/domain-xml.js';
 import { loadVirtNative, type NativeTypedParams, type NativeVirtCheckpoint, type NativeVirtConnect, type NativeVirtDomain } from './native.js';
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
  * restore/adjust-config.ts for the exact guarantees). Used by restore (`-c`) and boot from backup.
  */
 import { XMLBuilder, XMLParser, XMLValidator } from 'fast-xml-parser';
-import { decodeXmlEntities } from '../backup/domain-xml.js';
+import { decodeXmlEntities } from './domain-xml.js';
+import { guardedParse } from './parse-guard.js';
 
 /** One node: `{ tag: children, ':@'?: attributes }`, `{ '#text': raw }`, `{ '#comment': [...] }`, ... */
 export type XNode = Record<string, unknown>;
@@ -148,7 +149,7 @@ export function parseDocument(xml: string): { nodes: XNode[]; domain: XNode } {
     const { msg, line } = valid.err;
     throw new Error(`Invalid domain XML: ${msg} (line ${line})`);
   }
-  const nodes = (PARSER.parse(xml) as XNode[]).filter((n) => !isBlankText(n));
+  const nodes = guardedParse(() => PARSER.parse(xml) as XNode[], 'Invalid domain XML').filter((n) => !isBlankText(n));
   const roots = nodes.filter(isElement);
   if (roots.length !== 1 || tagOf(roots[0]!) !== 'domain') {
     throw new Error('Invalid domain XML: expected a single <domain> root element');

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { chainFromDir } from '../../src/chain/index.js';
-import { startServer } from '../../src/map/nbdkit.js';
+import { startServer } from '../../src/daemon/nbdkit.js';
 
 export async function nbdcopySha(uri: string): Promise<string> {
   const h = createHash('sha256');

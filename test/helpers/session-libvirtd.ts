@@ -31,6 +31,11 @@ export interface SessionLibvirtd {
   gid: number;
   /** the daemon's stderr so far */
   output(): string;
+  /**
+   * Kills the daemon with `signal` (its qemu processes keep running) and starts it again on the
+   * same directories, so it reconnects to them; resolves when the new daemon answers (faults suite).
+   */
+  restart(signal?: NodeJS.Signals): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -61,22 +66,28 @@ export async function startSessionLibvirtd(qemuConf: string): Promise<SessionLib
   chownTree(dir);
   const socket = join(env.XDG_RUNTIME_DIR, 'libvirt', 'libvirt-sock');
   let stderr = '';
-  const daemon: ResultPromise = execa('setpriv', [`--reuid=${NOBODY_UID}`, `--regid=${NOBODY_GID}`, '--clear-groups', 'libvirtd', '--timeout', '0'], {
-    env: { ...env, PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
-    extendEnv: false,
-    reject: false,
-    stdin: 'ignore',
-    stdout: 'ignore',
-    stderr: 'pipe',
-    buffer: false,
-  });
-  daemon.stderr?.on('data', (c: Buffer) => {
-    stderr += c.toString('utf8');
-  });
+  let daemon!: ResultPromise;
   let exited = false;
-  void daemon.then(() => {
-    exited = true;
-  });
+  const spawnDaemon = (): void => {
+    const d: ResultPromise = execa('setpriv', [`--reuid=${NOBODY_UID}`, `--regid=${NOBODY_GID}`, '--clear-groups', 'libvirtd', '--timeout', '0'], {
+      env: { ...env, PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
+      extendEnv: false,
+      reject: false,
+      stdin: 'ignore',
+      stdout: 'ignore',
+      stderr: 'pipe',
+      buffer: false,
+    });
+    d.stderr?.on('data', (c: Buffer) => {
+      stderr += c.toString('utf8');
+    });
+    exited = false;
+    void d.then(() => {
+      if (daemon === d) exited = true;
+    });
+    daemon = d;
+  };
+  spawnDaemon();
   const uri = `qemu:///session?socket=${socket}`;
   const logDir = join(env.XDG_CACHE_HOME, 'libvirt', 'qemu', 'log');
   const runDir = join(env.XDG_RUNTIME_DIR, 'libvirt', 'qemu', 'run');
@@ -106,20 +117,30 @@ export async function startSessionLibvirtd(qemuConf: string): Promise<SessionLib
     return stopped;
   };
 
-  for (let i = 0; ; i++) {
-    if (exited) {
-      await stop();
-      throw new Error(`libvirtd (session, as nobody) exited at start:\n${stderr}`);
+  const waitAnswer = async (): Promise<void> => {
+    for (let i = 0; ; i++) {
+      if (exited) {
+        await stop();
+        throw new Error(`libvirtd (session, as nobody) exited at start:\n${stderr}`);
+      }
+      if (existsSync(socket)) {
+        const r = await execa('virsh', ['-c', uri, 'uri'], { reject: false, stdin: 'ignore' });
+        if (r.exitCode === 0) break;
+      }
+      if (i > 150) {
+        await stop();
+        throw new Error(`libvirtd (session, as nobody) did not answer on ${socket}:\n${stderr}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
-    if (existsSync(socket)) {
-      const r = await execa('virsh', ['-c', uri, 'uri'], { reject: false, stdin: 'ignore' });
-      if (r.exitCode === 0) break;
-    }
-    if (i > 150) {
-      await stop();
-      throw new Error(`libvirtd (session, as nobody) did not answer on ${socket}:\n${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { dir, socket, uri, logDir, uid: NOBODY_UID, gid: NOBODY_GID, output: () => stderr, stop };
+  };
+  await waitAnswer();
+  const restart = async (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> => {
+    const old = daemon;
+    old.kill(signal);
+    await old;
+    spawnDaemon();
+    await waitAnswer();
+  };
+  return { dir, socket, uri, logDir, uid: NOBODY_UID, gid: NOBODY_GID, output: () => stderr, restart, stop };
 }

@@ -3,12 +3,11 @@
  * end to end: nbdkit serves the upstream fixture chains, nbdcopy/nbdinfo/libnbd read them back.
  * Builds nothing: `npm run build` must have produced the .so and dist/src/plugin/worker.js.
  */
-import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { indexSaveset } from '../../src/saveset/reader.js';
 import { resolveChain } from '../../src/chain/resolve.js';
 import { ExtentKind, type ExtentMap, type MapExtent } from '../../src/chain/extent-map.js';
@@ -16,51 +15,17 @@ import { decodeTable, encodeTable, TableError } from '../../src/plugin/table.js'
 import { FrameCache } from '../../src/plugin/frame-cache.js';
 import { sha256sums } from '../helpers/upstream-sets.js';
 import { flipByte } from '../helpers/saveset-edit.js';
+import {
+  PLUGIN, checkBuilt, copyAndHash as copyAndHashIn, nbdOps, serve as serveIn, stopAll, type PluginServer, type ServeOptions,
+} from '../helpers/plugin-server.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const PLUGIN = join(ROOT, 'build', 'Release', 'nbdkit-virtnbd-plugin.so');
-const WORKER = join(ROOT, 'dist', 'src', 'plugin', 'worker.js');
 const SETS = join(ROOT, 'test', 'fixtures', 'upstream-sets');
 
-/** libnbd's Python binding; nbdsh's `python3` may be another interpreter than the system one. */
-const NBD_OPS = `
-import sys, json, hashlib, nbd
-h = nbd.NBD()
-h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-h.connect_uri(sys.argv[1])
-out = []
-for op in json.loads(sys.argv[2]):
-    try:
-        if op[0] == 'pread':
-            b = h.pread(op[2], op[1])
-            out.append({'ok': True, 'sha': hashlib.sha256(b).hexdigest()})
-        elif op[0] == 'extents1':
-            ents = []
-            def cb(meta, off, entries, err):
-                ents.extend(entries)
-                return 0
-            h.block_status(op[2], op[1], cb, nbd.CMD_FLAG_REQ_ONE)
-            out.append({'ok': True, 'entries': ents})
-    except nbd.Error as e:
-        out.append({'ok': False, 'errno': e.errno, 'msg': e.string})
-h.shutdown()
-print(json.dumps(out))
-`;
-
-type OpResult = { ok: true; sha?: string; entries?: number[] } | { ok: false; errno: string; msg: string };
-
-let python = 'python3';
 let scratch = '';
 
-beforeAll(async () => {
-  const missing = [PLUGIN, WORKER].filter((p) => !existsSync(p));
-  if (missing.length > 0) throw new Error(`not built: ${missing.join(', ')} — run \`npm run build\` first`);
-  for (const p of ['/usr/bin/python3', 'python3']) {
-    if ((await execa(p, ['-c', 'import nbd'], { reject: false })).exitCode === 0) {
-      python = p;
-      break;
-    }
-  }
+beforeAll(() => {
+  checkBuilt();
   scratch = mkdtempSync(join(tmpdir(), 'vnbd-plugin-test-'));
 });
 
@@ -68,79 +33,10 @@ afterAll(() => {
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
 
-interface Server {
-  uri: string;
-  pid: number;
-  stderr(): string;
-  stop(): Promise<void>;
-}
+afterEach(stopAll);
 
-const running = new Set<Server>();
-afterEach(async () => {
-  for (const s of running) await s.stop();
-});
-
-async function serve(files: string[], opts: { cow?: boolean; params?: string[]; verbose?: boolean } = {}): Promise<Server> {
-  const dir = mkdtempSync(join(scratch, 'srv-'));
-  const sock = join(dir, 'sock');
-  const pidFile = join(dir, 'pid');
-  const args = ['-f', '--exit-with-parent', '-U', sock, '-P', pidFile];
-  if (opts.verbose) args.push('-v');
-  if (opts.cow) args.push('--filter=cow');
-  args.push(PLUGIN, `node=${process.execPath}`, ...files.map((f) => `file=${f}`), ...(opts.params ?? []));
-  const proc: ResultPromise = execa('nbdkit', args, { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false });
-  let log = '';
-  proc.stderr?.on('data', (c: Buffer) => (log += c.toString()));
-  let exited = false;
-  const done = proc.then(() => void (exited = true));
-  const deadline = Date.now() + 20_000;
-  while (!(existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '')) {
-    if (exited) throw new Error(`nbdkit exited before it was ready:\n${log}`);
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL');
-      throw new Error(`nbdkit not ready after 20 s:\n${log}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  // nbdkit writes the pid file before .after_fork: a connection (held in the listen backlog until
-  // the table is loaded) is the real readiness check.
-  const probe = await execa('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`], { reject: false, timeout: 30_000 });
-  if (probe.exitCode !== 0) {
-    await done;
-    throw new Error(`nbdkit failed to start:\n${log}`);
-  }
-  const server: Server = {
-    uri: `nbd+unix:///?socket=${sock}`,
-    pid: proc.pid!,
-    stderr: () => log,
-    stop: async () => {
-      running.delete(server);
-      if (!exited) {
-        proc.kill('SIGTERM');
-        const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
-        await done;
-        clearTimeout(t);
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-  running.add(server);
-  return server;
-}
-
-async function nbdOps(uri: string, ops: [string, number, number][]): Promise<OpResult[]> {
-  const r = await execa(python, ['-c', NBD_OPS, uri, JSON.stringify(ops)], { reject: false });
-  if (r.exitCode !== 0) throw new Error(`libnbd helper failed: ${r.stderr}\n${[...running].map((s) => s.stderr()).join("\n")}`);
-  return JSON.parse(r.stdout) as OpResult[];
-}
-
-async function copyAndHash(uri: string, extraArgs: string[] = []): Promise<{ code: number | undefined; sha: string; stderr: string }> {
-  const out = join(scratch, `copy-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.raw`);
-  const r = await execa('nbdcopy', [...extraArgs, uri, out], { reject: false });
-  const sha = r.exitCode === 0 ? createHash('sha256').update(readFileSync(out)).digest('hex') : '';
-  rmSync(out, { force: true });
-  return { code: r.exitCode, sha, stderr: String(r.stderr) };
-}
+const serve = (files: string[], opts: ServeOptions = {}): Promise<PluginServer> => serveIn(scratch, files, opts);
+const copyAndHash = (uri: string, extraArgs: string[] = []): ReturnType<typeof copyAndHashIn> => copyAndHashIn(scratch, uri, extraArgs);
 
 /** The files of each backup point (test/fixtures/upstream-sets/README.md). */
 function pointFiles(set: string, disk: string): [string, string[]][] {
@@ -236,7 +132,7 @@ describe('faults', () => {
     const map = resolveChain([indexSaveset(copy)]);
     const raw = map.extents.filter((e) => e.kind === ExtentKind.Raw);
     const last = raw[raw.length - 1];
-    const srv = await serve([copy]);
+    const srv = await serve([copy], { params: ['recheck=0'] }); // check the file on every read
     truncateSync(copy, last.fileOffset); // everything of the last raw extent is gone
     const [bad, zero] = await nbdOps(srv.uri, [
       ['pread', last.start, Math.min(last.length, 65536)],
@@ -248,7 +144,7 @@ describe('faults', () => {
     // client drops the connection with requests in flight, as nbdcopy does after an error.
     const copied = await copyAndHash(srv.uri);
     expect(copied.code).not.toBe(0);
-    expect(srv.stderr()).toMatch(new RegExp(`${copy.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: unexpected end of file at offset \\d+`));
+    expect(srv.stderr()).toMatch(new RegExp(`${copy.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: the file was truncated after it was mapped`));
   });
 
   test('a flipped byte in an LZ4 frame: that range fails with EIO, other ranges still read correctly', async () => {
@@ -287,10 +183,10 @@ describe('faults', () => {
     return String(r.stdout).split(/\s+/).filter(Boolean).map(Number);
   }
 
-  test('workers killed with SIGKILL are restarted: later requests succeed', async () => {
+  test('lz4=worker: workers killed with SIGKILL are restarted: later requests succeed', async () => {
     const files = pointFiles('d2', 'vda').find(([p]) => p === '3')![1];
     const want = sha256sums('d2').get('vda.3.raw');
-    const srv = await serve(files, { params: ['workers=2'] });
+    const srv = await serve(files, { params: ['lz4=worker', 'workers=2'] });
     expect((await copyAndHash(srv.uri)).sha).toBe(want);
     const first = await workerPids(srv.pid);
     expect(first.length).toBe(2);
@@ -310,12 +206,12 @@ describe('faults', () => {
     expect(srv.stderr()).not.toMatch(/virtnbd: bad table/);
   });
 
-  test('a stalled worker: the request fails after timeout=, the worker is replaced', async () => {
+  test('lz4=worker: a stalled worker: the request fails after timeout=, the worker is replaced', async () => {
     const files = [join(SETS, 'd2', 'backup', 'vda.full.data')];
     const map = resolveChain(files.map((f) => indexSaveset(f)));
     const lz4 = map.extents.find((e) => e.kind === ExtentKind.Lz4)!;
     // timeout=5: long enough for a replacement worker (Node start + answer) on a loaded machine
-    const srv = await serve(files, { params: ['workers=1', 'timeout=5'] });
+    const srv = await serve(files, { params: ['lz4=worker', 'workers=1', 'timeout=5'] });
     const [stalled] = await workerPids(srv.pid);
     process.kill(stalled, 'SIGSTOP');
     const t0 = Date.now();

@@ -1,7 +1,7 @@
 /**
  * Property tests through the REAL plugin: random chains written by our SavesetWriter (random
  * extents of random, unaligned lengths, zero frames in incrementals, gaps, compressed and not)
- * are served by nbdkit + plugin/virtnbd-plugin.c (src/map/nbdkit.ts startServer) and compared
+ * are served by nbdkit + plugin/virtnbd-plugin.c (src/daemon/nbdkit.ts startServer) and compared
  * with an in-memory model of the disk: many random reads of random sizes and alignments in
  * parallel on one connection, the whole export, base:allocation, and (cow filter) writes.
  *
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { SavesetWriter } from '../../src/saveset/writer.js';
 import { buildMetadata } from '../../src/saveset/metadata.js';
 import { LZ4_CHUNK } from '../../src/saveset/types.js';
-import { startServer, type Server } from '../../src/map/nbdkit.js';
+import { startServer, type Server } from '../../src/daemon/nbdkit.js';
 import { NbdClient, STATE_HOLE, STATE_ZERO, type Extent } from '../../src/nbd/client.js';
 import { pluginPath, workerPath } from '../../src/util/package-root.js';
 import { prng, randInt } from '../../src/devtools/prng.js';

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, truncateSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { startServer } from '../../src/map/nbdkit.js';
+import { startServer } from '../../src/daemon/nbdkit.js';
 import { chainFromDir, resolveSelected } from '../../src/chain/index.js';
 import { writeImageFile } from '../../src/devtools/image-chain.js';
 import { isRawImageFile } from '../../src/chain/data-file.js';

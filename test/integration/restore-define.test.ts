@@ -12,7 +12,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { jest } from '@jest/globals';
-import { parseDomainXml } from '../../src/backup/domain-xml.js';
+import { parseDomainXml } from '../../src/xml/domain-xml.js';
 import { adjustConfig } from '../../src/restore/adjust-config.js';
 import { defineRestored, refreshPoolFor } from '../../src/restore/define.js';
 import { DOMAIN_START, VIR_ERR, VirtConnection, VirtDomain, VirtError } from '../../src/virt/client.js';

@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { restoreDisk, RestoreError, type RestoreDiskOptions } from '../../src/restore/restore-disk.js';
-import { selectPointFiles, pointIdent } from '../../src/restore/point.js';
+import { selectPointFiles, pointIdent } from '../../src/chain/point.js';
 import { qemuImgCreateArgs } from '../../src/restore/target-image.js';
 import { indexSaveset } from '../../src/saveset/reader.js';
 import { resolveChain } from '../../src/chain/resolve.js';

@@ -115,12 +115,13 @@ async function pgrep(pattern: string): Promise<number[]> {
 /** SIGTERM → exit 0; socket, nbdkit, workers and nbdkit's temp dir gone. */
 async function stopAndCheck(run: MapRun, processPattern: string): Promise<void> {
   const info = run.info!;
-  // while serving, the patterns do find nbdkit and its workers (so that "none left" means something)
+  // while serving, the patterns do find nbdkit and its workers, if any (so that "none left" means
+  // something); the plugin decodes LZ4 itself and stops its resolving worker after start-up, so
+  // usually there are none (lz4=worker keeps them)
   const children = String((await execa('ps', ['-o', 'pid=', '--ppid', String(info.pid)], { reject: false })).stdout)
     .split(/\s+/)
     .filter(Boolean)
     .map(Number);
-  expect(children.length).toBeGreaterThanOrEqual(1);
   const before = await pgrep(processPattern);
   expect(before).toContain(info.pid);
   for (const w of children) expect(before).toContain(w);

@@ -484,7 +484,7 @@ describe('saveCheckpointXml (FORMAT.md §6.4)', () => {
   });
 });
 
-describe('deleteOurCheckpoints (§3.5, D29)', () => {
+describe('deleteOurCheckpoints (BEHAVIOUR.md §3.5, D29)', () => {
   test('our XML files only; listed ones (invalid → metadata only), unknown skipped, other ours too; foreign kept', async () => {
     for (const f of ['virtnbdbackup.0.xml', 'virtnbdbackup.1.xml', 'virtnbdbackup.12.xml', 'foreign.xml', 'virtnbdbackup-manual.xml', 'keep.txt']) writeFileSync(join(dir, f), 'x');
     const d = new FakeDomain().add('virtnbdbackup.5', 'virtnbdbackup.1').add('virtnbdbackup.0').add('virtnbdbackup.1', 'virtnbdbackup.0', false).add('foreign').add('virtnbdbackup.3');
@@ -533,7 +533,7 @@ describe('deleteOurCheckpoints (§3.5, D29)', () => {
   });
 });
 
-describe('interrupted runs (§3.9)', () => {
+describe('interrupted runs (BEHAVIOUR.md §3.9)', () => {
   const CPT = ['virtnbdbackup.0', 'virtnbdbackup.1'];
   const T = 1_800_000_000;
   let cpdir: string;

@@ -1,5 +1,5 @@
 import { RAW_DISK_README_HINT, selectDisks, warnTpm, type DiskSelectionOptions } from '../../../src/backup/disk-selection.js';
-import type { DomainConfig, DomainDisk } from '../../../src/backup/types.js';
+import type { DomainConfig, DomainDisk } from '../../../src/xml/domain-types.js';
 import { recordingLogger } from './recording-logger.js';
 
 function disk(dev: string, over: Partial<DomainDisk> = {}): DomainDisk {

@@ -1,6 +1,6 @@
 /** The boot domain XML derived from a backed-up vmconfig (src/boot/boot-config.ts). */
 import { bootDomainXml, type BootDiskSource } from '../../../src/boot/boot-config.js';
-import { parseDomainXml } from '../../../src/backup/domain-xml.js';
+import { parseDomainXml } from '../../../src/xml/domain-xml.js';
 
 const VMCONFIG = `<domain type='kvm' id='4'>
   <name>web1</name>

@@ -202,7 +202,7 @@ describe('CLI.md §1.2 ambiguous prefixes', () => {
     [backup, '--ssh', ['--ssh-user', '--ssh-port', '--ssh-private-key']],
     [backup, '--nbd', ['--nbd-port', '--nbd-ip']],
     [backup, '--ver', ['--verbose', '--version']],
-    [backup, '--pa', ['--pause', '--password']],
+    [backup, '--pa', ['--pause', '--password', '--password-file']],
     [restore, '--co', ['--config-file', '--compress']],
     [restore, '--d', ['--disk', '--define']],
     [restore, '--no', ['--noprogress', '--nocolor']],

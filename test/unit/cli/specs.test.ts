@@ -52,6 +52,8 @@ describe('short letters per command (CLI.md §2.1 letter table)', () => {
         '--disk', '--input', '--json', '--no-device', '--socket', '--until', '--workers',
         // instant recovery (issue 5)
         '--boot', '--name', '--uri', '--migrate-to', '--keep-overlays', '--overlay-dir', '--shutdown-timeout', '--mount',
+        // boot verification (issue 12)
+        '--verify', '--all-points', '--timeout', '--expect-console', '--expect-agent', '--screenshot', '--report-dir',
       ].sort(),
     );
   });

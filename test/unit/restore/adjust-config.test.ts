@@ -9,7 +9,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { XMLValidator } from 'fast-xml-parser';
-import { parseDomainXml } from '../../../src/backup/domain-xml.js';
+import { parseDomainXml } from '../../../src/xml/domain-xml.js';
 import { adjustConfig, restoredDiskList, type AdjustConfigOptions } from '../../../src/restore/adjust-config.js';
 import { recordingLogger } from '../backup/recording-logger.js';
 

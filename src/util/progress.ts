@@ -11,7 +11,7 @@
  * draws them again below it. The caller decides whether bars are shown at all (`--noprogress`,
  * `--quiet`, stderr not a TTY → `enabled: false`, which produces no output whatsoever).
  */
-import { humanSize } from '../util/humanize.js';
+import { humanSize } from './humanize.js';
 
 /** What the bars are written to (a NodeJS.WriteStream satisfies it). */
 export interface ProgressStream {

@@ -1,4 +1,4 @@
-import { decodeXmlEntities, parseDomainXml } from '../../../src/backup/domain-xml.js';
+import { decodeXmlEntities, parseDomainXml } from '../../../src/xml/domain-xml.js';
 
 /** A live domain XML as libvirt 9 prints it (virsh dumpxml of a running domain), trimmed. */
 const LIVE = `<domain type='kvm' id='7' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>

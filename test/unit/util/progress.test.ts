@@ -1,5 +1,5 @@
 import { jest } from '@jest/globals';
-import { createProgress, type ProgressStream } from '../../../src/backup/progress.js';
+import { createProgress, type ProgressStream } from '../../../src/util/progress.js';
 
 /** A fake terminal: interprets the few sequences the progress display uses and keeps the screen. */
 class FakeTerminal implements ProgressStream {

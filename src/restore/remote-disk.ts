@@ -14,15 +14,15 @@ import { chainFromDir, type Chain, type ChainFile } from '../chain/index.js';
 import { isRawImageFile } from '../chain/data-file.js';
 import { dataBytes } from '../chain/extent-map.js';
 import { connectWithRetry } from '../backup/disk-backup.js';
-import { copyChainToClient } from '../restore/copy-chain.js';
-import { pointIdent, sequenceOf } from '../restore/point.js';
-import { planImage, RestoreError, type RestoreDiskOptions, type RestoreDiskResult, type RestoreStage } from '../restore/restore-disk.js';
-import { isPlainName, qemuImgCreateArgs, targetExistsMessage } from '../restore/target-image.js';
+import { copyChainToClient } from './copy-chain.js';
+import { pointIdent, sequenceOf } from '../chain/point.js';
+import { planImage, RestoreError, type RestoreDiskOptions, type RestoreDiskResult, type RestoreStage } from './restore-disk.js';
+import { isPlainName, qemuImgCreateArgs, targetExistsMessage } from './target-image.js';
 import type { NbdClient } from '../nbd/client.js';
-import { clientTlsDir } from './host.js';
-import { startRemoteQemuNbd, type RemoteNbdServer } from './nbd-server.js';
-import { shellCommand, shellQuote } from './quote.js';
-import { commandError, RemoteFileExistsError, type SshSession } from './ssh.js';
+import { clientTlsDir } from '../remote/host.js';
+import { startRemoteQemuNbd, type RemoteNbdServer } from '../remote/nbd-server.js';
+import { shellCommand, shellQuote } from '../remote/quote.js';
+import { commandError, RemoteFileExistsError, type SshSession } from '../remote/ssh.js';
 
 export interface RemoteRestoreDiskOptions extends Omit<RestoreDiskOptions, 'socket' | 'method'> {
   /** Absolute output directory on the remote host (must exist there). */

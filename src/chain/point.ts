@@ -10,9 +10,9 @@
  */
 import { readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { chainFromDir, chainFromFiles, discoverBackupDir, ChainError, type Chain, type ChainFile } from '../chain/index.js';
-import { roleOf } from '../chain/order.js';
-import { parseQcowJsonName, parseVmconfigName } from '../chain/names.js';
+import { chainFromDir, chainFromFiles, discoverBackupDir, ChainError, type Chain, type ChainFile } from './index.js';
+import { roleOf } from './order.js';
+import { parseQcowJsonName, parseVmconfigName } from './names.js';
 
 /** No usable vmconfig for the selected point (`No domain config file found`, exit 1). */
 export class NoVmconfigError extends Error {

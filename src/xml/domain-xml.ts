@@ -9,7 +9,8 @@
  * the document binds it to (declared on the root or on the element itself).
  */
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
-import type { BootFiles, DomainConfig, DomainDisk } from './types.js';
+import type { BootFiles, DomainConfig, DomainDisk } from './domain-types.js';
+import { guardedParse } from './parse-guard.js';
 
 /** Namespace of libvirt's qemu-specific domain XML extensions. */
 export const QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0';
@@ -160,7 +161,7 @@ export function parseDomainXml(xml: string): DomainConfig {
     const { msg, line, col } = valid.err;
     throw new Error(`Invalid domain XML: ${msg} (line ${line}${col !== undefined ? `, column ${col}` : ''})`);
   }
-  const doc = parser.parse(xml) as XmlNode;
+  const doc = guardedParse(() => parser.parse(xml) as XmlNode, 'Invalid domain XML');
   const roots = Object.keys(doc).filter((k) => !k.startsWith('?') && k !== '#text');
   const domains = children(doc, 'domain');
   if (roots.length !== 1 || domains.length !== 1) {

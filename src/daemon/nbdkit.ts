@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { pluginPath, workerPath } from '../util/package-root.js';
+import { createRunDir } from '../util/run-dir.js';
 
 export interface ServeOptions {
   /** Data files of the chain, oldest (base) first. */
@@ -24,6 +25,8 @@ export interface ServeOptions {
   threads?: number;
   /** Worker processes for compressed data. */
   workers?: number;
+  /** More plugin parameters (docs/PROTOCOL.md), e.g. `cache=512M`, `lz4=worker`. */
+  pluginParams?: readonly string[];
   /** Maximum request size through the blocksize filter (compat `-b`); none by default. */
   blocksize?: number;
   hexdump?: boolean;
@@ -72,6 +75,7 @@ export function nbdkitArgs(opts: ServeOptions, pidFile: string): string[] {
   if (opts.workers) args.push(`workers=${opts.workers}`);
   if (opts.hexdump) args.push('hexdump=1');
   for (const f of opts.files) args.push(`file=${f}`);
+  if (opts.pluginParams) args.push(...opts.pluginParams);
   if (opts.blocksize) args.push(`maxlen=${opts.blocksize}`);
   return args;
 }
@@ -119,7 +123,7 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
   if (opts.socket) await claimSocketPath(opts.socket);
   if (!existsSync(pluginPath())) throw new Error(`Failed to locate nbdkit plugin: [${pluginPath()}] (run npm run build)`);
   if (!existsSync(workerPath())) throw new Error(`Failed to locate plugin worker: [${workerPath()}] (run npm run build)`);
-  const tmpDir = mkdtempSync(join(tmpdir(), 'virtnbd-nbdkit-'));
+  const tmpDir = await createRunDir(join(tmpdir(), 'virtnbd-nbdkit-'), 'nbdkit of virtnbd'); // owner.json: swept if we die
   const pidFile = join(tmpDir, 'nbdkit.pid');
   const logFile = opts.logFile ?? join(tmpDir, 'nbdkit.log');
   const child = execa('nbdkit', nbdkitArgs(opts, pidFile), {
@@ -185,8 +189,8 @@ export async function startServer(opts: ServeOptions): Promise<Server> {
         clearTimeout(timer);
       }
       if (opts.socket) rmSync(opts.socket, { force: true });
-      if (!opts.logFile) rmSync(tmpDir, { recursive: true, force: true });
-      else rmSync(pidFile, { force: true });
+      // a given log file lies outside tmpDir: the directory (pid file, owner.json) goes either way
+      rmSync(tmpDir, { recursive: true, force: true });
     })());
   return { uri, pid: child.pid ?? -1, logFile, tmpDir, exited, stop };
 }

@@ -1,0 +1,13 @@
+/**
+ * fast-xml-parser's validator accepts some texts its parser then throws on with its own messages
+ * ("Comment is not closed.", "readTagExp returned undefined …"; found by fuzz/). Every parse of
+ * a document we were handed goes through here, so such a text is rejected with the caller's usual
+ * message (`Invalid domain XML: …`) instead of a parser-internal error.
+ */
+export function guardedParse<T>(parse: () => T, prefix: string): T {
+  try {
+    return parse();
+  } catch (e) {
+    throw new Error(`${prefix}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
