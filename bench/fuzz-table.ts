@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { indexSaveset } from '../src/saveset/reader.js';
 import { resolveChain } from '../src/chain/resolve.js';
-import { encodeTable } from '../src/plugin/table.js';
+import { encodeTable } from '../src/worker/table.js';
 import { packageRoot } from '../src/util/package-root.js';
 
 export const CLANG = 'clang-14';

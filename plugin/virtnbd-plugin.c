@@ -224,14 +224,14 @@ static int virtnbd_config_complete (void)
     node_path = p;
   }
   if (access (node_path, X_OK) == -1) FAIL ("node=%s: %m", node_path);
-  if (worker_path == NULL) {       /* <dir of this .so>/../../dist/src/plugin/worker.js */
+  if (worker_path == NULL) {       /* <dir of this .so>/../../dist/src/worker/worker.js */
     Dl_info info;
     char *guess;
     if (dladdr ((void *) virtnbd_config, &info) == 0 || info.dli_fname == NULL ||
         strchr (info.dli_fname, '/') == NULL)
       FAIL ("cannot locate the plugin file (dladdr); pass worker=PATH");
     const int dirlen = (int) (strrchr (info.dli_fname, '/') - info.dli_fname);
-    if (asprintf (&guess, "%.*s/../../dist/src/plugin/worker.js", dirlen, info.dli_fname) == -1)
+    if (asprintf (&guess, "%.*s/../../dist/src/worker/worker.js", dirlen, info.dli_fname) == -1)
       FAIL ("asprintf: %m");
     if ((worker_path = realpath (guess, NULL)) == NULL)
       nbdkit_error ("worker script %s: %m (run 'npm run build', or pass worker=PATH)", guess);
@@ -256,7 +256,7 @@ static int virtnbd_config_complete (void)
 #define virtnbd_config_help \
   "file=PATH        (required, repeatable) saveset file of the chain, oldest first\n" \
   "node=PATH        Node executable for the workers (default: node in PATH)\n" \
-  "worker=PATH      worker script (default: <plugin dir>/../../dist/src/plugin/worker.js)\n" \
+  "worker=PATH      worker script (default: <plugin dir>/../../dist/src/worker/worker.js)\n" \
   "workers=N        with lz4=worker: worker processes for compressed data, 1-16 (default 2)\n" \
   "timeout=SECONDS  maximum wait for a worker answer (default 60)\n" \
   "hexdump=BOOL     hexdump served data with nbdkit_debug (needs -v)\n" \

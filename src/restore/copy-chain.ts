@@ -17,7 +17,7 @@
  *   file offsets, or one LZ4 decode per frame (validated, each frame decoded once however many
  *   slices of it survive) — and writes them through an NbdClient to a `qemu-nbd` serving the
  *   target in its created format (`--cache=none` where O_DIRECT works), 64 MiB in flight.
- * - `qemu-img`: serve the chain read-only with nbdkit + our plugin (src/map/nbdkit.ts) and run
+ * - `qemu-img`: serve the chain read-only with nbdkit + our plugin (src/daemon/nbdkit.ts) and run
  *   `qemu-img convert -n --target-is-zero` from that export into the image.
  *
  * Measured (2 cores, shared and loaded machine; 2 GiB disk, full + 10 incrementals, 1.15 GB of

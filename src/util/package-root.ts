@@ -24,5 +24,5 @@ export function pluginPath(): string {
 
 /** The compiled Node worker the plugin starts. */
 export function workerPath(): string {
-  return join(packageRoot(), 'dist', 'src', 'plugin', 'worker.js');
+  return join(packageRoot(), 'dist', 'src', 'worker', 'worker.js');
 }

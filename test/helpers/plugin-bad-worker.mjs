@@ -1,4 +1,4 @@
-// A hostile stand-in for dist/src/plugin/worker.js (docs/PROTOCOL.md), for the plugin tests:
+// A hostile stand-in for dist/src/worker/worker.js (docs/PROTOCOL.md), for the plugin tests:
 // `worker=` this script, behaviour from the environment:
 //   VNBD_BAD_MODE  table        send the bytes of $VNBD_BAD_TABLE as the table (status 0)
 //                  status       status 22 + the message "hostile worker says no"

@@ -11,7 +11,7 @@ import { execa, type ResultPromise } from 'execa';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const PLUGIN = join(ROOT, 'build', 'Release', 'nbdkit-virtnbd-plugin.so');
-export const WORKER = join(ROOT, 'dist', 'src', 'plugin', 'worker.js');
+export const WORKER = join(ROOT, 'dist', 'src', 'worker', 'worker.js');
 
 /** libnbd's Python binding; nbdsh's `python3` may be another interpreter than the system one. */
 const NBD_OPS = `

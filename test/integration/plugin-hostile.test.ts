@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { indexSaveset } from '../../src/saveset/reader.js';
 import { resolveChain } from '../../src/chain/resolve.js';
 import { ExtentKind, type ExtentMap } from '../../src/chain/extent-map.js';
-import { encodeTable } from '../../src/plugin/table.js';
+import { encodeTable } from '../../src/worker/table.js';
 import { SETS } from '../helpers/upstream-sets.js';
 import { checkBuilt, nbdOps, serve, serveFails, stopAll } from '../helpers/plugin-server.js';
 

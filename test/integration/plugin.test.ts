@@ -1,7 +1,7 @@
 /**
- * The nbdkit plugin shim (plugin/virtnbd-plugin.c) and its Node worker (src/plugin/worker.ts),
+ * The nbdkit plugin shim (plugin/virtnbd-plugin.c) and its Node worker (src/worker/worker.ts),
  * end to end: nbdkit serves the upstream fixture chains, nbdcopy/nbdinfo/libnbd read them back.
- * Builds nothing: `npm run build` must have produced the .so and dist/src/plugin/worker.js.
+ * Builds nothing: `npm run build` must have produced the .so and dist/src/worker/worker.js.
  */
 import { copyFileSync, mkdtempSync, readdirSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,8 +11,8 @@ import { execa } from 'execa';
 import { indexSaveset } from '../../src/saveset/reader.js';
 import { resolveChain } from '../../src/chain/resolve.js';
 import { ExtentKind, type ExtentMap, type MapExtent } from '../../src/chain/extent-map.js';
-import { decodeTable, encodeTable, TableError } from '../../src/plugin/table.js';
-import { FrameCache } from '../../src/plugin/frame-cache.js';
+import { decodeTable, encodeTable, TableError } from '../../src/worker/table.js';
+import { FrameCache } from '../../src/worker/frame-cache.js';
 import { sha256sums } from '../helpers/upstream-sets.js';
 import { flipByte } from '../helpers/saveset-edit.js';
 import {

@@ -6,7 +6,7 @@
  * parallel on one connection, the whole export, base:allocation, and (cow filter) writes.
  *
  * A failure names the seed in the test name; every chain is reproducible from it.
- * Builds nothing: the plugin .so and dist/src/plugin/worker.js must exist (`npx tsc` for dist).
+ * Builds nothing: the plugin .so and dist/src/worker/worker.js must exist (`npx tsc` for dist).
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';

@@ -74,11 +74,21 @@ function descendants(pid: number): number[] {
 async function watched(p: Promise<{ exitCode?: number; all?: unknown }> & { pid?: number }): Promise<{ code: number | undefined; all: string; children: string[] }> {
   const seen = new Map<number, string>();
   let done = false;
+  // A child caught between fork and exec still shows the parent's own argv and environment (the
+  // user's command line, not something we passed on): only what a child runs after exec counts.
   const poll = (async () => {
     while (!done) {
+      let own = '';
+      try {
+        own = readFileSync(`/proc/${p.pid!}/cmdline`, 'latin1');
+      } catch {
+        /* gone */
+      }
       for (const c of descendants(p.pid!)) {
         try {
-          const text = readFileSync(`/proc/${c}/cmdline`, 'latin1') + '\n' + readFileSync(`/proc/${c}/environ`, 'latin1');
+          const cmdline = readFileSync(`/proc/${c}/cmdline`, 'latin1');
+          if (cmdline === own) continue;
+          const text = cmdline + '\n' + readFileSync(`/proc/${c}/environ`, 'latin1');
           if (!seen.has(c) || text.length > seen.get(c)!.length) seen.set(c, text);
         } catch {
           /* gone */

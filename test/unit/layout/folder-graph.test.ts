@@ -50,7 +50,7 @@ describe('folder graph of src/', () => {
   });
 
   // the layers of README "Architecture", from the commands down: a folder imports only folders below it
-  const LAYERS = ['cli', 'devtools', 'prune', 'boot', 'mount', 'map', 'restore', 'backup', 'daemon', 'plugin',
+  const LAYERS = ['cli', 'devtools', 'prune', 'boot', 'mount', 'map', 'restore', 'backup', 'daemon', 'worker',
     'remote', 'virt', 'xml', 'chain', 'saveset', 'zip', 'nbd', 'log', 'util'];
 
   test('every import points down the layers of README "Architecture"', () => {
