@@ -18,6 +18,7 @@
  */
 import type { Logger } from '../log/logger.js';
 import { checkSideFileName, type SideFileSink } from './side-files.js';
+import { sleep as defaultSleep } from '../util/sleep.js';
 
 /** Sends one guest-agent JSON command and resolves to the agent's JSON reply. */
 export interface GuestAgent {
@@ -44,7 +45,6 @@ export interface GuestExecResult {
 type Guest = Record<string, number | string | boolean>;
 
 const MANAGE_BDE = 'manage-bde.exe';
-const defaultSleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

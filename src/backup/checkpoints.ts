@@ -12,7 +12,8 @@
  */
 import { readdir, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { XMLParser, XMLValidator } from 'fast-xml-parser';
+import { XMLValidator } from 'fast-xml-parser';
+import { makeXmlParser } from '../xml/parser.js';
 import type { Logger } from '../log/logger.js';
 import { CHECKPOINT_CREATE, CHECKPOINT_DELETE, CHECKPOINT_XML, VIR_ERR, type VirtDomain } from '../virt/client.js';
 import { isPartialName, parseDataFileName } from '../chain/names.js';
@@ -25,6 +26,7 @@ import type { BackupLevel } from './types.js';
 import { guardedParse } from '../xml/parse-guard.js';
 import { assertNoSymlink } from '../util/safe-path.js';
 import { MAX_XML_FILE, readTextCapped } from '../util/read-capped.js';
+import { errorMessage } from '../util/error-message.js';
 
 export { CheckpointError, isOurCheckpoint, ourCheckpointNumber, readCptFile, writeCptFile, formatCptFile };
 
@@ -60,10 +62,6 @@ void virtDomainFits;
 
 const REDEFINE_VALIDATE = CHECKPOINT_CREATE.REDEFINE | CHECKPOINT_CREATE.REDEFINE_VALIDATE;
 
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
 function errorCode(e: unknown): unknown {
   return typeof e === 'object' && e !== null ? (e as { code?: unknown }).code : undefined;
 }
@@ -74,7 +72,7 @@ function isNoSuchCheckpoint(e: unknown): boolean {
 
 /** libvirt's "missing or broken bitmap" (VIR_ERR_CHECKPOINT_INCONSISTENT) on redefinition with validation. */
 function isLostBitmap(e: unknown): boolean {
-  return errorCode(e) === VIR_ERR.CHECKPOINT_INCONSISTENT || /missing or broken bitmap/i.test(messageOf(e));
+  return errorCode(e) === VIR_ERR.CHECKPOINT_INCONSISTENT || /missing or broken bitmap/i.test(errorMessage(e));
 }
 
 const byNumber = (a: string, b: string): number => (ourCheckpointNumber(a) ?? 0) - (ourCheckpointNumber(b) ?? 0) || (a < b ? -1 : a > b ? 1 : 0);
@@ -101,10 +99,8 @@ export function checkpointXml(name: string, parent: string, devs: readonly strin
 
 type XmlNode = { [key: string]: XmlNode[] | string | undefined };
 
-const xmlParser = new XMLParser({
+const xmlParser = makeXmlParser({
   ignoreAttributes: true,
-  parseTagValue: false,
-  processEntities: false,
   trimValues: true,
   alwaysCreateTextNode: true,
   isArray: () => true,
@@ -132,6 +128,44 @@ export function parseCheckpointXml(xml: string): { name: string; parent: string 
   const name = text(first(root[0], 'name'));
   if (name === '') throw new Error('the checkpoint has no <name>');
   return { name, parent: text(first(first(root[0], 'parent'), 'name')) };
+}
+
+const attrParser = makeXmlParser({
+  ignoreAttributes: false,
+  attributeNamePrefix: '@_',
+  trimValues: true,
+  isArray: (_name: string, _jpath: unknown, _leaf: boolean, isAttribute: boolean) => !isAttribute,
+});
+
+type AttrNode = { [key: string]: AttrNode[] | string | undefined };
+
+/**
+ * The disks of a `<domaincheckpoint>` document (as libvirt returns it) that have a bitmap in
+ * that checkpoint: `<disks><disk name="vda" checkpoint="bitmap" …/>`. Empty for a text that is
+ * not well-formed or has no such disks.
+ */
+export function checkpointBitmapDisks(xml: string): Set<string> {
+  const out = new Set<string>();
+  if (XMLValidator.validate(xml) !== true) return out;
+  let doc: AttrNode;
+  try {
+    doc = attrParser.parse(xml) as AttrNode;
+  } catch {
+    return out;
+  }
+  const list = (n: AttrNode | undefined, k: string): AttrNode[] => {
+    const v = n?.[k];
+    return Array.isArray(v) ? v : [];
+  };
+  for (const root of list(doc, 'domaincheckpoint')) {
+    for (const disks of list(root, 'disks')) {
+      for (const disk of list(disks, 'disk')) {
+        const name = disk['@_name'];
+        if (typeof name === 'string' && disk['@_checkpoint'] === 'bitmap') out.add(decodeXmlEntities(name));
+      }
+    }
+  }
+  return out;
 }
 
 /**
@@ -182,7 +216,7 @@ export async function validateCheckpoint(cp: CheckpointHandle, log: Logger): Pro
     log.debug(`Checkpoint [${cp.name}] is valid.`);
     return true;
   } catch (e) {
-    log.warn(`Failed to validate checkpoint: [${messageOf(e)}]`);
+    log.warn(`Failed to validate checkpoint: [${errorMessage(e)}]`);
     return false;
   }
 }
@@ -289,7 +323,7 @@ export async function redefineFromDirectory(dom: CheckpointDomain, dir: string, 
   try {
     files = await ourXmlFiles(dir);
   } catch (e) {
-    fatal(`Unable to read checkpoint directory [${dir}]: ${messageOf(e)}`);
+    fatal(`Unable to read checkpoint directory [${dir}]: ${errorMessage(e)}`);
   }
   for (const file of files) {
     const path = join(dir, file);
@@ -298,13 +332,13 @@ export async function redefineFromDirectory(dom: CheckpointDomain, dir: string, 
     try {
       xml = await readTextCapped(path, MAX_XML_FILE);
     } catch (e) {
-      fatal(`Redefining checkpoint failed: [${fileName}]: unable to read [${path}]: ${messageOf(e)}`);
+      fatal(`Redefining checkpoint failed: [${fileName}]: unable to read [${path}]: ${errorMessage(e)}`);
     }
     let name = '';
     try {
       name = parseCheckpointXml(xml).name;
     } catch (e) {
-      fatal(`Redefining checkpoint failed: [${fileName}]: invalid checkpoint file [${path}]: ${messageOf(e)}`);
+      fatal(`Redefining checkpoint failed: [${fileName}]: invalid checkpoint file [${path}]: ${errorMessage(e)}`);
     }
     if (name !== fileName) fatal(`Redefining checkpoint failed: [${fileName}]: the file [${path}] describes checkpoint [${name}]`);
     try {
@@ -312,7 +346,7 @@ export async function redefineFromDirectory(dom: CheckpointDomain, dir: string, 
       log.debug(`Checkpoint [${name}] is known to libvirt.`);
       continue;
     } catch (e) {
-      if (!isNoSuchCheckpoint(e)) fatal(`Failed to look up checkpoint [${name}]: ${messageOf(e)}`);
+      if (!isNoSuchCheckpoint(e)) fatal(`Failed to look up checkpoint [${name}]: ${errorMessage(e)}`);
     }
     try {
       await dom.checkpointCreateXML(await withKnownParent(dom, xml, log), REDEFINE_VALIDATE);
@@ -320,12 +354,12 @@ export async function redefineFromDirectory(dom: CheckpointDomain, dir: string, 
     } catch (e) {
       const no = ourCheckpointNumber(name)!;
       if (isLostBitmap(e) && name === opts.neededParent) {
-        log.info(`Checkpoint [${name}] cannot be redefined: ${messageOf(e)}`);
+        log.info(`Checkpoint [${name}] cannot be redefined: ${errorMessage(e)}`);
         result.parentMissingBitmap = true;
       } else if (isLostBitmap(e) && (opts.neededParent === undefined || (neededNo !== undefined && no < neededNo))) {
-        log.warn(`Checkpoint [${name}] cannot be redefined, it is no longer usable: ${messageOf(e)}`);
+        log.warn(`Checkpoint [${name}] cannot be redefined, it is no longer usable: ${errorMessage(e)}`);
       } else {
-        fatal(`Redefining checkpoint failed: [${name}]: ${messageOf(e)}`);
+        fatal(`Redefining checkpoint failed: [${name}]: ${errorMessage(e)}`);
       }
     }
   }
@@ -354,7 +388,7 @@ export async function saveCheckpointXml(dom: CheckpointDomain, name: string, dir
     }
     await writeFileAtomic(path, xml, { replace: true });
   } catch (e) {
-    const m = messageOf(e);
+    const m = errorMessage(e);
     throw new CheckpointError(`Extending checkpoint file failed: [${m.includes(path) ? m : `${path}: ${m}`}]`);
   }
   return path;
@@ -389,7 +423,7 @@ async function removeCheckpoint(cp: CheckpointHandle, log: Logger): Promise<void
  */
 export async function deleteOurCheckpoints(dom: CheckpointDomain, cptNames: readonly string[], checkpointDir: string, log: Logger): Promise<void> {
   const fail = (e: unknown): never => {
-    log.error(`Error during checkpoint removal: [${messageOf(e)}]`);
+    log.error(`Error during checkpoint removal: [${errorMessage(e)}]`);
     throw new CheckpointError('Failed to remove checkpoint.');
   };
   try {
@@ -530,7 +564,7 @@ export async function inspectInterruptedRun(a: InspectArgs): Promise<Interrupted
   try {
     known = (await a.dom.listCheckpoints()).map((c) => c.name);
   } catch (e) {
-    throw new CheckpointError(`Failed to list checkpoints: [${messageOf(e)}]`);
+    throw new CheckpointError(`Failed to list checkpoints: [${errorMessage(e)}]`);
   }
   const stale = known.filter((c) => isOurCheckpoint(c) && !listed.has(c)).sort(byNumber);
 
@@ -670,7 +704,7 @@ export async function recoverInterruptedRun(a: RecoverArgs): Promise<void> {
     try {
       cp = await dom.checkpointLookupByName(name);
     } catch (e) {
-      if (!isNoSuchCheckpoint(e)) throw new CheckpointError(`Failed to look up checkpoint [${name}] of an interrupted backup run: ${messageOf(e)}`);
+      if (!isNoSuchCheckpoint(e)) throw new CheckpointError(`Failed to look up checkpoint [${name}] of an interrupted backup run: ${errorMessage(e)}`);
     }
     if (cp !== undefined) {
       try {
@@ -678,17 +712,17 @@ export async function recoverInterruptedRun(a: RecoverArgs): Promise<void> {
         log.warn(`Removed checkpoint [${name}] of an interrupted backup run (not listed in ${dom.name}.cpt).`);
       } catch (e) {
         if (errorCode(e) === VIR_ERR.OPERATION_UNSUPPORTED) {
-          log.warn(`Checkpoint [${name}] of an interrupted backup run cannot be removed while the domain is shut off (${messageOf(e)}); the next backup of the running domain removes it.`);
+          log.warn(`Checkpoint [${name}] of an interrupted backup run cannot be removed while the domain is shut off (${errorMessage(e)}); the next backup of the running domain removes it.`);
         } else if (!(await validateCheckpoint(cp, log))) {
           log.warn('Checkpoint inconsistency detected, removing metadata for checkpoint.');
           try {
             await cp.delete(CHECKPOINT_DELETE.METADATA_ONLY);
           } catch (e2) {
-            throw new CheckpointError(`Failed to remove checkpoint [${name}] of an interrupted backup run: ${messageOf(e2)}. Remove it with: virsh checkpoint-delete ${dom.name} ${name} --metadata`);
+            throw new CheckpointError(`Failed to remove checkpoint [${name}] of an interrupted backup run: ${errorMessage(e2)}. Remove it with: virsh checkpoint-delete ${dom.name} ${name} --metadata`);
           }
           log.warn(`Removed metadata of checkpoint [${name}] of an interrupted backup run (not listed in ${dom.name}.cpt).`);
         } else {
-          throw new CheckpointError(`Failed to remove checkpoint [${name}] of an interrupted backup run: ${messageOf(e)}. Remove it with: virsh checkpoint-delete ${dom.name} ${name}`);
+          throw new CheckpointError(`Failed to remove checkpoint [${name}] of an interrupted backup run: ${errorMessage(e)}. Remove it with: virsh checkpoint-delete ${dom.name} ${name}`);
         }
       }
     }
@@ -700,7 +734,7 @@ export async function recoverInterruptedRun(a: RecoverArgs): Promise<void> {
     try {
       await publishNoReplace(from, to);
     } catch (e) {
-      throw new CheckpointError(`Failed to move [${from}] of an interrupted backup run aside: ${messageOf(e)}`);
+      throw new CheckpointError(`Failed to move [${from}] of an interrupted backup run aside: ${errorMessage(e)}`);
     }
     dirs.add(dirname(to));
     log.warn(`Moved [${from}] of an interrupted backup run aside: [${basename(to)}].`);

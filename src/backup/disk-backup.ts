@@ -18,6 +18,7 @@ import { clientExtentSource, dirtyBitmapContext, nbdinfoExtentSource, planExtent
 import { RawImageWriter } from './raw-writer.js';
 import type { ProgressBar } from '../util/progress.js';
 import type { BackupDisk, BackupLevel } from './types.js';
+import { sleep } from '../util/sleep.js';
 
 /** Read size per NBD request; in-flight bytes per disk (the memory budget for reads). */
 const PIECE = 2 << 20;
@@ -67,16 +68,6 @@ export interface DiskBackupResult {
   dataSize: number;
   virtualSize: number;
   checksum?: number;
-}
-
-async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  await new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
-  });
 }
 
 /** Connects to the export, retrying while the server is not there yet. */

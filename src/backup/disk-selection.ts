@@ -10,6 +10,7 @@
 import type { Logger } from '../log/logger.js';
 import type { BackupDisk } from './types.js';
 import type { DomainConfig, DomainDisk } from '../xml/domain-types.js';
+import { errorMessage } from '../util/error-message.js';
 
 export interface DiskSelectionOptions {
   /** `-i/--include`: back up only this disk. */
@@ -41,10 +42,6 @@ export const RAW_DISK_README_HINT =
 
 const rawWarning = (dev: string) => `Raw disk [${dev}] excluded by default, use option --raw to include.`;
 const lunWarning = (dev: string) => `Skipping direct attached lun [${dev}], use option --raw to include.`;
-
-function errorMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
 
 /**
  * Apply §6.1 to the disks of `cfg` in document order. Never throws for a single disk: problems

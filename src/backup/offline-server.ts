@@ -8,6 +8,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { execa } from 'execa';
 import type { Logger } from '../log/logger.js';
 import type { BackupDisk } from './types.js';
+import { sleep } from '../util/sleep.js';
 
 export interface OfflineServer {
   dev: string;
@@ -60,7 +61,7 @@ export async function startOfflineServer(disk: BackupDisk, socketFile: string, b
         } catch {
           break;
         }
-        await new Promise((r) => setTimeout(r, 100));
+        await sleep(100);
       }
       await rm(pidFile, { force: true });
       await rm(socket, { force: true });

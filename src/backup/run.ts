@@ -36,6 +36,7 @@ import { saveBitlockerKeys, type GuestAgent } from './bitlocker.js';
 import { copyBootFiles, directorySink, writeAutostart, writeOsinfo, writeQcowInfo, writeVmconfig, type SideFileSink } from './side-files.js';
 import {
   CheckpointError,
+  checkpointBitmapDisks,
   checkpointXml,
   deleteOurCheckpoints,
   findForeignCheckpoints,
@@ -363,9 +364,9 @@ async function backupSteps(
   // D39: every disk of an inc/diff must have a bitmap in the parent checkpoint.
   if (online && isDelta(effLevel) && plan.parent !== '') {
     const parentXml = await (await dom.checkpointLookupByName(plan.parent)).xmlDesc(0);
+    const withBitmap = checkpointBitmapDisks(parentXml);
     for (const d of disks) {
-      const re = new RegExp(`<disk\\s+name=['"]${d.dev}['"][^>]*checkpoint=['"]bitmap['"]`);
-      if (!re.test(parentXml)) {
+      if (!withBitmap.has(d.dev)) {
         throw new BackupFatal(`Disk [${d.dev}] has no bitmap in checkpoint [${plan.parent}] (added or excluded after the full backup): run a full backup, or exclude the disk with -x ${d.dev}.`);
       }
     }

@@ -15,7 +15,7 @@ import { basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import type { Logger } from '../log/logger.js';
-import { pyJsonString } from '../saveset/pyjson.js';
+import { pyJsonDumps } from '../saveset/pyjson.js';
 import { syncDir } from '../util/atomic-file.js';
 import type { BackupDisk } from './types.js';
 import type { BootFiles } from '../xml/domain-types.js';
@@ -183,11 +183,7 @@ function pyNumber(v: number): string {
 
 /** The guest-info typed parameters as `json.dumps(info, indent=4)` (FORMAT.md §2.5, §6.8). */
 export function formatOsinfo(info: Record<string, number | string | boolean>): string {
-  const members = Object.entries(info).map(([k, v]) => {
-    const value = typeof v === 'string' ? pyJsonString(v) : typeof v === 'boolean' ? (v ? 'true' : 'false') : pyNumber(v);
-    return `    ${pyJsonString(k)}: ${value}`;
-  });
-  return members.length === 0 ? '{}' : `{\n${members.join(',\n')}\n}`;
+  return pyJsonDumps(info, 4, { number: pyNumber });
 }
 
 /** FORMAT.md §6.8: `osinfo.<ident>`, the agent's guest-info result as indented JSON. */

@@ -17,6 +17,7 @@ import { ownerAlive, readOwnerFile, runStateDir, selfOwner, writeOwnerFile } fro
 import { JOB_TYPE, type VirtDomain } from '../virt/client.js';
 import { hasActiveBackupJob, stopBackupJob } from './job.js';
 import { BackupFatal } from './target-dir.js';
+import { sleep } from '../util/sleep.js';
 
 function recordPath(uri: string, domain: string): string {
   const h = createHash('sha256').update(`${uri}\0${domain}`).digest('hex').slice(0, 24);
@@ -39,7 +40,7 @@ export async function waitJobEnded(dom: VirtDomain, timeoutMs: number): Promise<
   const deadline = Date.now() + timeoutMs;
   while ((await dom.jobInfo()).type !== JOB_TYPE.NONE) {
     if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
   return true;
 }

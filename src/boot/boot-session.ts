@@ -31,6 +31,7 @@ import { startDiskExports, stopDiskExports, type DiskExport } from './exports.js
 import { assertNoSymlink, childPath, copyFileNoFollow, writeFileNoFollow } from '../util/safe-path.js';
 import { MAX_XML_FILE, readTextCappedSync } from '../util/read-capped.js';
 import { createRunDirSync } from '../util/run-dir.js';
+import { sleep } from '../util/sleep.js';
 
 export interface BootOptions extends MapOptions {
   input: string;
@@ -76,7 +77,6 @@ export interface BootSession {
   release(): void;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** The run directory: --overlay-dir (created if needed) or a new one under /var/tmp that qemu can reach. */
 function makeRunDir(o: BootOptions): { dir: string; ours: boolean } {

@@ -16,6 +16,7 @@ import { attr, buildDocument, editAttrs, elements, first, parseDocument, setText
 import { parseDomainXml } from '../xml/domain-xml.js';
 import { xmlEscape } from '../xml/escape.js';
 import type { DiskExport } from './exports.js';
+import { sleep } from '../util/sleep.js';
 
 export interface MigrateLog {
   info(msg: string): void;
@@ -49,7 +50,6 @@ export class MigrateError extends Error {
   }
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Copy one disk and pivot to the copy. */
 async function copyDisk(dom: VirtDomain, x: DiskExport, image: string, o: MigrateOptions, log: MigrateLog): Promise<void> {

@@ -22,10 +22,10 @@ import { domainGone, startBootSession, BootError, type BootOptions, type BootSes
 import type { DiskExport } from './exports.js';
 import { DOMAIN_START, type VirtDomain } from '../virt/client.js';
 import { MigrateError, migrateToStorage } from './migrate.js';
+import { sleep } from '../util/sleep.js';
 
 export { BootError, type BootOptions, type BootInfo } from './boot-session.js';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Installs SIGINT/SIGTERM/SIGHUP handlers for the whole command: the first signal resolves

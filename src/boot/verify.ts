@@ -30,6 +30,7 @@ import { bootSignals } from './run-boot.js';
 import { verifyVmconfig } from './verify-config.js';
 import { screenshotPng } from './screenshot.js';
 import { reportTable, writeReport, type PointReport, type VerifyReason, type VerifyReport } from './verify-report.js';
+import { sleep } from '../util/sleep.js';
 
 export interface VerifyOptions extends BootOptions {
   allPoints: boolean;
@@ -50,7 +51,6 @@ export class VerifyUsageError extends Error {}
 const PANIC_RE = /Kernel panic - not syncing[^\n]*/;
 const POLL_MS = 250;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const secs = (ms: number): number => Math.round(ms / 100) / 10;
 
 /** A file name part from a checkpoint name. */

@@ -87,8 +87,8 @@ function buildGraph(dev: string, files: readonly ChainFile[]): Graph {
   return { bases, next, attached };
 }
 
-/** Checkpoint number used to rank bases; copies rank lowest. */
-function baseRank(b: ChainFile): number {
+/** Rank of a chain's base: the number of the checkpoint it created; copies rank lowest. */
+export function baseRank(b: ChainFile): number {
   if (b.level === 'copy') return -1;
   return checkpointNumber(b.metadata.checkpointName) ?? -1;
 }

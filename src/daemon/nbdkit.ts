@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { pluginPath, workerPath } from '../util/package-root.js';
 import { createRunDir } from '../util/run-dir.js';
+import { sleep } from '../util/sleep.js';
 
 export interface ServeOptions {
   /** Data files of the chain, oldest (base) first. */
@@ -78,10 +79,6 @@ export function nbdkitArgs(opts: ServeOptions, pidFile: string): string[] {
   if (opts.pluginParams) args.push(...opts.pluginParams);
   if (opts.blocksize) args.push(`maxlen=${opts.blocksize}`);
   return args;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /** The last lines of a log file ('' when unreadable). */

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { execa } from 'execa';
+import { sleep } from '../util/sleep.js';
 
 export class MountError extends Error {}
 
@@ -21,10 +22,6 @@ export interface UnmountResult {
   /** true when only the lazy unmount (`umount -l`) succeeded. */
   lazy: boolean;
   attempts: number;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /**

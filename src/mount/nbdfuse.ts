@@ -8,6 +8,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { isMountPoint } from './mounts.js';
+import { sleep } from '../util/sleep.js';
 
 export class NbdfuseError extends Error {}
 
@@ -32,10 +33,6 @@ export interface NbdfuseOptions {
   size: number;
   readonly: boolean;
   timeoutMs?: number;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 function sizeOf(path: string): number | undefined {

@@ -32,6 +32,7 @@ import { startNbdfuse, type FuseFile } from './nbdfuse.js';
 import { mountFs, unmountWithRetry, mountsUnder } from './mounts.js';
 import { UndoStack } from './undo.js';
 import { createRunDir, noteInRunDir, runDirPrefixes, sweepDeadRunDirs } from '../util/run-dir.js';
+import { sleep } from '../util/sleep.js';
 
 export interface MountOptions extends MapOptions {
   mountpoint: string;
@@ -220,7 +221,7 @@ export async function runMount(opts: MountOptions, log: MapLog, out: (s: string)
   let winner = await Promise.race(watchers);
   if (typeof winner !== 'string') {
     // a terminal Ctrl-C reaches nbdkit too: give our own signal handler a moment to tell
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
     if (signalled) winner = signalled;
   }
   if (typeof winner === 'string') {

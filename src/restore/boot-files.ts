@@ -24,6 +24,7 @@ import { parseDomainXml } from '../xml/domain-xml.js';
 import type { Logger } from '../log/logger.js';
 import { FileExistsError, pathExists, publishNoReplace, syncDir } from '../util/atomic-file.js';
 import { assertNoSymlinksBelow } from '../util/safe-path.js';
+import { errorMessage } from '../util/error-message.js';
 
 /** Where boot files are restored to: the local file system (default) or a remote host. */
 export interface BootFileTarget {
@@ -78,10 +79,6 @@ async function isRegularFile(path: string): Promise<boolean> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw e;
   }
-}
-
-function errorMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** Copy `src` to `dest` under a temporary name, then publish without replacing. */

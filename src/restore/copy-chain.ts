@@ -42,6 +42,7 @@ import { NbdClient } from '../nbd/client.js';
 import { createRunDir } from '../util/run-dir.js';
 import type { ImageFormat } from './target-image.js';
 import { readFully } from '../saveset/read-fully.js';
+import { sleep } from '../util/sleep.js';
 
 export type CopyMethod = 'own' | 'qemu-img';
 
@@ -94,7 +95,6 @@ function abortError(signal: AbortSignal): Error {
   return r instanceof Error ? r : new CopyError('restore aborted');
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Copies the data of `o.map` into `o.target`; resolves when the image is complete and closed. */
 export async function copyChain(o: CopyOptions): Promise<CopyResult> {

@@ -9,14 +9,11 @@ import { realpath } from 'node:fs/promises';
 import { posix, resolve } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import type { StoragePoolInfo, VirtConnection, VirtDomain } from '../virt/client.js';
+import { errorMessage } from '../util/error-message.js';
 
 export interface DefineOptions {
   /** Mark the new domain autostart (the set has an `autostart.<ident>` file). */
   autostart: boolean;
-}
-
-function errorMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /**

@@ -8,8 +8,7 @@
  * returned separately, in name order, with the reason.
  */
 import type { ChainFile } from '../chain/discover.js';
-import { checkpointNumber } from '../chain/names.js';
-import { selectChain } from '../chain/order.js';
+import { baseRank, selectChain } from '../chain/order.js';
 
 export interface DiskOrder {
   /** Files in chain order. */
@@ -21,12 +20,6 @@ export interface DiskOrder {
 }
 
 const byName = (a: ChainFile, b: ChainFile): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-
-/** Rank of a chain's base: the number of the checkpoint it created; copies first. */
-function baseRank(b: ChainFile): number {
-  if (b.level === 'copy') return -1;
-  return checkpointNumber(b.metadata.checkpointName) ?? -1;
-}
 
 /** Order the data files of disk `dev` (all with that `<dev>` and a matching `diskName`). */
 export function orderDiskFiles(dev: string, files: readonly ChainFile[]): DiskOrder {

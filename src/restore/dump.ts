@@ -11,7 +11,7 @@
  */
 import type { ChainFile } from '../chain/discover.js';
 import type { Logger } from '../log/logger.js';
-import { pyJsonString } from '../saveset/pyjson.js';
+import { pyJsonDumps } from '../saveset/pyjson.js';
 import { readSavesetMetadata } from '../saveset/reader.js';
 import type { Metadata } from '../saveset/types.js';
 import { probeDataFile, selectDataFiles, type SelectedFile } from './dump-files.js';
@@ -140,28 +140,10 @@ function pyFloat(x: number): string {
   return `${sign}${intPart}.${frac || '0'}`;
 }
 
-function dumpValue(value: unknown, level: number): string {
-  if (value === null) return 'null';
-  switch (typeof value) {
-    case 'boolean':
-      return value ? 'true' : 'false';
-    case 'number':
-      if (Number.isSafeInteger(value)) return Object.is(value, -0) ? '0' : String(value);
-      return pyFloat(value);
-    case 'string':
-      return pyJsonString(value);
-    case 'object':
-      break;
-    default:
-      throw new TypeError(`formatDump: unsupported value of type ${typeof value}`);
-  }
-  const items = Array.isArray(value)
-    ? value.map((v: unknown) => dumpValue(v, level + 1))
-    : Object.entries(value as Record<string, unknown>).map(([k, v]) => `${pyJsonString(k)}: ${dumpValue(v, level + 1)}`);
-  const [open, close] = Array.isArray(value) ? ['[', ']'] : ['{', '}'];
-  if (items.length === 0) return open + close;
-  const inner = '\n' + ' '.repeat(4 * (level + 1));
-  return open + inner + items.join(',' + inner) + '\n' + ' '.repeat(4 * level) + close;
+/** A number as Python's json module writes the int or float it was. */
+function dumpNumber(value: number): string {
+  if (Number.isSafeInteger(value)) return Object.is(value, -0) ? '0' : String(value);
+  return pyFloat(value);
 }
 
 /**
@@ -170,5 +152,5 @@ function dumpValue(value: unknown, level: number): string {
  * trailing newline.
  */
 export function formatDump(entries: readonly Record<string, unknown>[]): string {
-  return dumpValue(entries, 0);
+  return pyJsonDumps(entries, 4, { number: dumpNumber });
 }

@@ -23,6 +23,8 @@ import { clientTlsDir } from '../remote/host.js';
 import { startRemoteQemuNbd, type RemoteNbdServer } from '../remote/nbd-server.js';
 import { shellCommand, shellQuote } from '../remote/quote.js';
 import { commandError, RemoteFileExistsError, type SshSession } from '../remote/ssh.js';
+import { errorMessage } from '../util/error-message.js';
+import { checkAborted } from '../util/abort.js';
 
 export interface RemoteRestoreDiskOptions extends Omit<RestoreDiskOptions, 'socket' | 'method'> {
   /** Absolute output directory on the remote host (must exist there). */
@@ -36,12 +38,6 @@ export interface RemoteRestoreDiskOptions extends Omit<RestoreDiskOptions, 'sock
   bindIp: string;
   tls: boolean;
   tlsCert: string;
-}
-
-const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-
-function checkAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('restore aborted');
 }
 
 /** Exit codes of the create script. */
@@ -104,10 +100,10 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
 
   let chain: Chain;
   try {
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     chain = o.sequence !== undefined ? sequenceOf(o.input, o.sequence, o.dev, o.until) : chainFromDir(o.input, { disk: o.dev, until: o.until });
   } catch (e) {
-    throw new RestoreError(message(e), 'chain', o.dev, { cause: e });
+    throw new RestoreError(errorMessage(e), 'chain', o.dev, { cause: e });
   }
   const last = chain.files[chain.files.length - 1]!;
 
@@ -123,10 +119,10 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
   let dataFile: string | undefined;
   const cleanup = async (): Promise<void> => {
     const victims = [partial, ...(dataFile !== undefined ? [dataFile] : [])];
-    await ssh.remove(...victims).catch((e: unknown) => log.warn(`Failed to remove [${victims.join(', ')}] on the remote host: ${message(e)}`));
+    await ssh.remove(...victims).catch((e: unknown) => log.warn(`Failed to remove [${victims.join(', ')}] on the remote host: ${errorMessage(e)}`));
   };
   try {
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     if (format === 'qcow2' && qcow?.dataFile !== undefined) {
       const df = posix.join(o.output, qcow.dataFile);
       if (df === path || df === partial) throw new Error(`External data file [${df}] would be the image itself`);
@@ -144,7 +140,7 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
     if (err) throw new Error(`Creating target image failed: ${err.message}`);
   } catch (e) {
     // The script removed what it reserved; nothing of someone else's is touched here.
-    throw new RestoreError(message(e), 'create', o.dev, { cause: e });
+    throw new RestoreError(errorMessage(e), 'create', o.dev, { cause: e });
   }
 
   // The data, then publication.
@@ -174,7 +170,7 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
     client = undefined;
     await server.stop(); // waits for qemu-nbd to close the image
     server = undefined;
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     stage = 'publish';
     allocatedBytes = await publishRemote(ssh, partial, path, dataFile);
   } catch (e) {
@@ -185,8 +181,8 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
       e instanceof RemoteFileExistsError
         ? targetExistsMessage(path)
         : stage === 'copy'
-          ? `Restoring data of disk [${o.dev}] into [${path}] on the remote host failed: ${message(e)}`
-          : message(e);
+          ? `Restoring data of disk [${o.dev}] into [${path}] on the remote host failed: ${errorMessage(e)}`
+          : errorMessage(e);
     throw new RestoreError(text, stage, o.dev, { cause: e });
   }
   return {
@@ -204,10 +200,10 @@ export async function restoreDiskRemote(o: RemoteRestoreDiskOptions): Promise<Re
 async function uploadRaw(o: RemoteRestoreDiskOptions, src: ChainFile, path: string, t0: number): Promise<RestoreDiskResult> {
   o.log.info(`Copy raw image [${src.path}] to [${path}] on the remote host (${src.metadata.virtualSize} bytes).`);
   try {
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     await o.ssh.writeFile(path, { file: src.path }, { mode: 0o600 });
   } catch (e) {
-    const text = e instanceof RemoteFileExistsError ? targetExistsMessage(path) : `Copying raw image [${src.path}] to [${path}] failed: ${message(e)}`;
+    const text = e instanceof RemoteFileExistsError ? targetExistsMessage(path) : `Copying raw image [${src.path}] to [${path}] failed: ${errorMessage(e)}`;
     throw new RestoreError(text, 'copy', o.dev, { cause: e });
   }
   o.progress?.(src.metadata.virtualSize, src.metadata.virtualSize);

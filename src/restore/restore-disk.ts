@@ -41,6 +41,8 @@ import {
 } from './target-image.js';
 import { pathExists } from '../util/atomic-file.js';
 import { faultPoint } from '../util/fault-point.js';
+import { errorMessage } from '../util/error-message.js';
+import { checkAborted } from '../util/abort.js';
 
 export type RestoreStage = 'chain' | 'create' | 'copy' | 'publish';
 
@@ -106,14 +108,6 @@ export interface RestoreDiskResult {
   rawCopy: boolean;
 }
 
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-function checkAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('restore aborted');
-}
-
 /** The chain to restore: the sequence, or the disk's chain in the directory. */
 function selectChain(o: RestoreDiskOptions): Chain {
   if (o.sequence !== undefined) return sequenceOf(o.input, o.sequence, o.dev, o.until);
@@ -165,7 +159,7 @@ export async function planImage(
   try {
     resolved = resolveSelected(chain);
   } catch (e) {
-    throw new RestoreError(message(e), 'chain', o.dev, { cause: e });
+    throw new RestoreError(errorMessage(e), 'chain', o.dev, { cause: e });
   }
   const { map, indexes } = resolved;
   for (const [i, idx] of indexes.entries()) {
@@ -181,7 +175,7 @@ export async function planImage(
   try {
     format = validateFormat(o.format ?? last.metadata.diskFormat, o.format !== undefined ? 'the domain config' : last.path);
   } catch (e) {
-    throw new RestoreError(message(e), 'create', o.dev, { cause: e });
+    throw new RestoreError(errorMessage(e), 'create', o.dev, { cause: e });
   }
   let qcow: QcowOptions | undefined;
   if (format === 'qcow2') {
@@ -201,7 +195,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
   let chain: Chain | undefined;
   let chainError: unknown;
   try {
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     chain = selectChain(o);
   } catch (e) {
     chainError = e;
@@ -210,7 +204,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
   // reach the checkpoint, but its only raw image is still the one to copy.
   const raw = chain !== undefined || o.until !== undefined ? rawSourceSafe(o, chain) : undefined;
   if (raw) return restoreRawCopy(o, raw, t0);
-  if (!chain) throw new RestoreError(message(chainError), 'chain', o.dev, { cause: chainError });
+  if (!chain) throw new RestoreError(errorMessage(chainError), 'chain', o.dev, { cause: chainError });
 
   const { map, last, virtualSize, format, qcow } = await planImage(o, chain);
   const total = dataBytes(map);
@@ -220,10 +214,10 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
   );
   let target: TargetImage;
   try {
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     target = await createTarget({ output: o.output, name: o.targetName, format, size: virtualSize, preallocate: o.preallocate, qcow, log });
   } catch (e) {
-    throw new RestoreError(message(e), 'create', o.dev, { cause: e });
+    throw new RestoreError(errorMessage(e), 'create', o.dev, { cause: e });
   }
 
   // 3. the data, 4. publication
@@ -257,12 +251,12 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<RestoreDiskRes
       compress,
       clusterSize: qcow?.clusterSize,
     });
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     stage = 'publish';
     await finishTarget(target);
   } catch (e) {
     await abortTarget(target);
-    const text = stage === 'copy' ? `Restoring data of disk [${o.dev}] into [${target.path}] failed: ${message(e)}` : message(e);
+    const text = stage === 'copy' ? `Restoring data of disk [${o.dev}] into [${target.path}] failed: ${errorMessage(e)}` : errorMessage(e);
     throw new RestoreError(text, stage, o.dev, { cause: e });
   }
   return {
@@ -294,20 +288,20 @@ async function restoreRawCopy(o: RestoreDiskOptions, src: ChainFile, t0: number)
     const fh = await open(partial, 'wx', 0o600);
     await fh.close();
   } catch (e) {
-    throw new RestoreError(`Cannot create [${partial}]: ${message(e)}`, 'create', o.dev, { cause: e });
+    throw new RestoreError(`Cannot create [${partial}]: ${errorMessage(e)}`, 'create', o.dev, { cause: e });
   }
   const target: TargetImage = { path, partial, format: 'raw', size: src.metadata.virtualSize };
   o.log.info(`Copy raw image [${src.path}] to [${path}] (${src.metadata.virtualSize} bytes).`);
   let stage: RestoreStage = 'copy';
   try {
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     const r = await execa('cp', ['--sparse=' + (o.preallocate ? 'never' : 'always'), '--', src.path, partial], {
       reject: false,
       stdin: 'ignore',
       all: true,
       cancelSignal: o.signal,
     });
-    checkAborted(o.signal);
+    checkAborted(o.signal, 'restore aborted');
     if (r.exitCode !== 0) throw new Error(`cp failed (exit ${r.exitCode ?? r.signal}): ${String(r.all ?? '').trim()}`);
     const size = (await stat(partial)).size;
     if (size !== src.metadata.virtualSize) throw new Error(`copied ${size} bytes, the raw image has ${src.metadata.virtualSize}`);
@@ -316,7 +310,7 @@ async function restoreRawCopy(o: RestoreDiskOptions, src: ChainFile, t0: number)
     await finishTarget(target);
   } catch (e) {
     await abortTarget(target);
-    const text = stage === 'copy' ? `Copying raw image [${src.path}] to [${path}] failed: ${message(e)}` : message(e);
+    const text = stage === 'copy' ? `Copying raw image [${src.path}] to [${path}] failed: ${errorMessage(e)}` : errorMessage(e);
     throw new RestoreError(e instanceof TargetImageError ? e.message : text, stage, o.dev, { cause: e });
   }
   return {

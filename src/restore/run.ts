@@ -32,6 +32,7 @@ import { defineRestored, refreshPoolFor } from './define.js';
 import { isPlainName } from './target-image.js';
 import type { ProgressBar } from '../util/progress.js';
 import { MAX_XML_FILE, readTextCapped } from '../util/read-capped.js';
+import { errorMessage } from '../util/error-message.js';
 
 export interface RestoreOptions {
   action: 'dump' | 'verify' | 'restore';
@@ -76,7 +77,6 @@ export interface RestoreSummary {
   seconds: number;
 }
 
-const msg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 export async function runRestore(o: RestoreOptions, env: RestoreEnv): Promise<RestoreSummary> {
   const started = Date.now();
@@ -100,7 +100,7 @@ export async function runRestore(o: RestoreOptions, env: RestoreEnv): Promise<Re
   } catch (e) {
     if (e instanceof RestoreInputError || e instanceof ChainError || e instanceof NoVmconfigError) log.error(e.message);
     else {
-      log.error(`Error during restore: ${msg(e)}`);
+      log.error(`Error during restore: ${errorMessage(e)}`);
       log.debug((e as Error).stack ?? '');
     }
     summary.exitCode = 1;
@@ -131,8 +131,8 @@ async function openRemote(o: RestoreOptions, env: RestoreEnv, define: boolean, s
     session.conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
     reported = await session.conn.hostname();
   } catch (e) {
-    if (define) throw new RestoreInputError(`Unable to connect libvirt: [${msg(e)}]: cannot define VM`);
-    log.warn(`Unable to connect libvirt: [${msg(e)}]: using the host of the URI [${uriHost(o.uri)}], storage pools not refreshed.`);
+    if (define) throw new RestoreInputError(`Unable to connect libvirt: [${errorMessage(e)}]: cannot define VM`);
+    log.warn(`Unable to connect libvirt: [${errorMessage(e)}]: using the host of the URI [${uriHost(o.uri)}], storage pools not refreshed.`);
   }
   const host = await remoteHostName(reported, o.uri, log);
   try {
@@ -197,7 +197,7 @@ async function restoreSteps(
     try {
       checkPortRange(ropt.nbdPort, disks.length);
     } catch (e) {
-      throw new RestoreInputError(msg(e));
+      throw new RestoreInputError(errorMessage(e));
     }
   }
   const ssh = remote ? await openRemote(o, env, define, session) : undefined;
@@ -257,7 +257,7 @@ async function restoreSteps(
         return { d, r, idents };
       } catch (e) {
         failed++;
-        dlog.error(`Restore of disk [${d.dev}] failed: ${msg(e)}`);
+        dlog.error(`Restore of disk [${d.dev}] failed: ${errorMessage(e)}`);
         return undefined;
       }
     }),
@@ -297,10 +297,10 @@ async function restoreSteps(
         conn = await VirtConnection.open(o.uri, { user: o.user, password: o.password });
       } catch (e) {
         if (define) {
-          log.error(`Unable to connect libvirt: [${msg(e)}]: cannot define VM`);
+          log.error(`Unable to connect libvirt: [${errorMessage(e)}]: cannot define VM`);
           return 1;
         }
-        log.warn(`Unable to connect libvirt: [${msg(e)}]: storage pools not refreshed.`);
+        log.warn(`Unable to connect libvirt: [${errorMessage(e)}]: storage pools not refreshed.`);
       }
     }
     if (conn !== undefined) {
@@ -312,7 +312,7 @@ async function restoreSteps(
           log.info(`Defined domain [${dom.name}].`);
         }
       } catch (e) {
-        log.error(msg(e));
+        log.error(errorMessage(e));
         errors++;
       } finally {
         if (conn !== session.conn) await conn.close().catch(() => undefined);

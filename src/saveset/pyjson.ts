@@ -27,12 +27,22 @@ export function pyJsonString(s: string): string {
   return out + s.slice(run) + '"';
 }
 
-function dump(value: unknown, indent: number | undefined, level: number): string {
+/** Options of pyJsonDumps. */
+export interface PyJsonOptions {
+  /**
+   * How a number is written. Without it only safe integers are accepted (others throw); callers
+   * whose values were Python floats or C integers pass the notation they need.
+   */
+  number?: (n: number) => string;
+}
+
+function dump(value: unknown, indent: number | undefined, level: number, opts: PyJsonOptions): string {
   if (value === null) return 'null';
   switch (typeof value) {
     case 'boolean':
       return value ? 'true' : 'false';
     case 'number':
+      if (opts.number !== undefined) return opts.number(value);
       if (!Number.isSafeInteger(value)) throw new TypeError(`pyJsonDumps: only safe integers are supported, got ${value}`);
       return Object.is(value, -0) ? '0' : String(value);
     case 'string':
@@ -45,10 +55,10 @@ function dump(value: unknown, indent: number | undefined, level: number): string
   const isArray = Array.isArray(value);
   const items: string[] = [];
   if (isArray) {
-    for (const v of value as unknown[]) items.push(dump(v, indent, level + 1));
+    for (const v of value as unknown[]) items.push(dump(v, indent, level + 1, opts));
   } else {
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-      items.push(`${pyJsonString(k)}: ${dump(v, indent, level + 1)}`);
+      items.push(`${pyJsonString(k)}: ${dump(v, indent, level + 1, opts)}`);
     }
   }
   const [open, close] = isArray ? ['[', ']'] : ['{', '}'];
@@ -64,7 +74,7 @@ function dump(value: unknown, indent: number | undefined, level: number): string
  * (separators "," and ": ", no trailing spaces, no trailing newline). Supports objects (insertion
  * order), arrays, strings, safe integers, booleans and null; anything else throws a TypeError.
  */
-export function pyJsonDumps(value: unknown, indent?: number): string {
+export function pyJsonDumps(value: unknown, indent?: number, opts: PyJsonOptions = {}): string {
   if (indent !== undefined && (!Number.isInteger(indent) || indent < 0)) throw new RangeError(`bad indent ${indent}`);
-  return dump(value, indent, 0);
+  return dump(value, indent, 0, opts);
 }

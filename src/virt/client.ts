@@ -5,7 +5,7 @@
  * rejects with is a VirtError.
  * This module is the only user of the addon's libvirt part.
  */
-import { XMLParser } from 'fast-xml-parser';
+import { makeXmlParser } from '../xml/parser.js';
 import { decodeXmlEntities } from '../xml/domain-xml.js';
 import { loadVirtNative, type NativeTypedParams, type NativeVirtCheckpoint, type NativeVirtConnect, type NativeVirtDomain } from './native.js';
 
@@ -153,7 +153,7 @@ export interface StoragePoolInfo {
   targetPath?: string;
 }
 
-const POOL_XML_PARSER = new XMLParser({ ignoreAttributes: true, parseTagValue: false, processEntities: false, trimValues: true });
+const POOL_XML_PARSER = makeXmlParser({ ignoreAttributes: true, trimValues: true });
 
 /** `pool/target/path` of a storage pool XML (entities decoded), undefined when absent or unparsable. */
 function poolTargetPath(xml: string): string | undefined {

@@ -10,6 +10,7 @@
  */
 import { openSync, readSync, writeSync } from 'node:fs';
 import { FrameCache } from './frame-cache.js';
+import { errorMessage } from '../util/error-message.js';
 
 const SOCK = 3;
 const EIO = 5;
@@ -99,10 +100,6 @@ function errorStatus(err: unknown): number {
   return err instanceof Error && INPUT_ERRORS.has(err.name) ? EINVAL : EIO;
 }
 
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 /**
  * --resolve: index every file, resolve the chain, send the table; returns the LZ4 decoder for
  * serving (loaded before answering, so a broken installation fails at start-up). Exits 1 on failure.
@@ -122,7 +119,7 @@ async function resolve(files: string[], fds: number[] | undefined): Promise<Deco
     table = encodeTable(resolveChain(files.map((f, i) => (fds ? indexDataFd(fds[i]!, f) : indexDataFile(f)))));
   } catch (err) {
     // SavesetFormatError, ChainError, TableError → EINVAL; I/O errors (ENOENT, EACCES) → EIO.
-    sendError(errorStatus(err), message(err));
+    sendError(errorStatus(err), errorMessage(err));
     process.exit(1);
   }
   sendHeader(0, table.length);
@@ -160,7 +157,7 @@ class Server {
     try {
       readExact(this.fd(file), raw, false, offset);
     } catch (err) {
-      throw new Error(`${path}: cannot read the LZ4 frame at byte offset ${offset} (${csize} bytes): ${message(err)}`);
+      throw new Error(`${path}: cannot read the LZ4 frame at byte offset ${offset} (${csize} bytes): ${errorMessage(err)}`);
     }
     const data = await this.decode(raw, usize, path, offset);
     if (data.length !== usize) {
@@ -177,7 +174,7 @@ class Server {
       try {
         if (!readExact(SOCK, req, true)) return;
       } catch (err) {
-        throw new ProtocolEnd(`cannot read a request: ${message(err)}`);
+        throw new ProtocolEnd(`cannot read a request: ${errorMessage(err)}`);
       }
       if (req.readUInt32LE(0) !== REQ_MAGIC) {
         sendError(EINVAL, 'bad request magic: protocol out of step');
@@ -205,7 +202,7 @@ class Server {
       try {
         data = await this.frame(file, offset, csize, usize);
       } catch (err) {
-        const m = message(err);
+        const m = errorMessage(err);
         sendError(errorStatus(err) === ENOMEM ? ENOMEM : EIO, m.includes(this.files[file]) ? m : `${this.files[file]}: at byte offset ${offset}: ${m}`);
         continue;
       }

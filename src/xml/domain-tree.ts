@@ -4,7 +4,8 @@
  * CDATA, namespaced elements and the whitespace between elements come back as they were (see
  * restore/adjust-config.ts for the exact guarantees). Used by restore (`-c`) and boot from backup.
  */
-import { XMLBuilder, XMLParser, XMLValidator } from 'fast-xml-parser';
+import { XMLBuilder, XMLValidator } from 'fast-xml-parser';
+import { makeXmlParser } from './parser.js';
 import { decodeXmlEntities } from './domain-xml.js';
 import { guardedParse } from './parse-guard.js';
 
@@ -18,15 +19,11 @@ export const COMMENT = '#comment';
 export const CDATA = '#cdata';
 export const AT = '@_';
 
-const PARSER = new XMLParser({
+const PARSER = makeXmlParser({
   preserveOrder: true,
   ignoreAttributes: false,
   attributeNamePrefix: AT,
   allowBooleanAttributes: false,
-  parseTagValue: false,
-  parseAttributeValue: false,
-  processEntities: false,
-  htmlEntities: false,
   trimValues: false,
   ignoreDeclaration: false,
   ignorePiTags: false,

@@ -8,7 +8,8 @@
  * references as they are). The qemu capability is matched by namespace URI, whatever prefix
  * the document binds it to (declared on the root or on the element itself).
  */
-import { XMLParser, XMLValidator } from 'fast-xml-parser';
+import { XMLValidator } from 'fast-xml-parser';
+import { makeXmlParser } from './parser.js';
 import type { BootFiles, DomainConfig, DomainDisk } from './domain-types.js';
 import { guardedParse } from './parse-guard.js';
 
@@ -34,12 +35,9 @@ export function decodeXmlEntities(s: string): string {
   });
 }
 
-const parser = new XMLParser({
+const parser = makeXmlParser({
   ignoreAttributes: false,
   attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  processEntities: false,
   trimValues: true,
   alwaysCreateTextNode: true,
   isArray: (_name: string, _jpath: unknown, _leaf: boolean, isAttribute: boolean) => !isAttribute,

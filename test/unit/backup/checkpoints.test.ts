@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   CheckpointError,
+  checkpointBitmapDisks,
   checkpointXml,
   deleteOurCheckpoints,
   findForeignCheckpoints,
@@ -260,6 +261,16 @@ describe('checkpoint XML', () => {
     expect(() => parseCheckpointXml('<domaincheckpoint><name>x</name>')).toThrow(/not well-formed/);
     expect(() => parseCheckpointXml('<domain><name>x</name></domain>')).toThrow(/domaincheckpoint/);
     expect(() => parseCheckpointXml('<domaincheckpoint><description>x</description></domaincheckpoint>')).toThrow(/no <name>/);
+  });
+
+  test('checkpointBitmapDisks lists the disks with checkpoint="bitmap" (D39), not those without or outside <disks>', () => {
+    expect([...checkpointBitmapDisks(lvXml('virtnbdbackup.1', 'virtnbdbackup.0', true))]).toEqual(['vda']);
+    const x =
+      "<domaincheckpoint><name>virtnbdbackup.2</name><disks><disk name='vda' checkpoint='bitmap' bitmap='virtnbdbackup.2'/>" +
+      "<disk name=\"sdb\" checkpoint=\"no\"/><disk name='vdc' checkpoint='bitmap'/></disks>" +
+      "<domain type='qemu'><devices><disk name='sdb' checkpoint='bitmap'/></devices></domain></domaincheckpoint>";
+    expect([...checkpointBitmapDisks(x)].sort()).toEqual(['vda', 'vdc']);
+    expect(checkpointBitmapDisks('<domaincheckpoint><name>x</name>').size).toBe(0);
   });
 });
 

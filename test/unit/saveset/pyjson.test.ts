@@ -60,4 +60,9 @@ describe('pyJsonDumps', () => {
     expect(() => pyJsonDumps({ a: undefined })).toThrow(TypeError);
     expect(() => pyJsonDumps(10n)).toThrow(TypeError);
   });
+  test('a number option writes every number (nested, indented) its own way', () => {
+    const number = (n: number): string => (Number.isInteger(n) ? String(n) : `f${n}`);
+    expect(pyJsonDumps({ a: [1.5, 2], b: { c: 0.25 } }, 4, { number })).toBe('{\n    "a": [\n        f1.5,\n        2\n    ],\n    "b": {\n        "c": f0.25\n    }\n}');
+    expect(pyJsonDumps([1.5], undefined, { number })).toBe('[f1.5]');
+  });
 });
